@@ -1,0 +1,291 @@
+"""Runs agents in a bounded pool, stores every run event and fans it out in order.
+
+Each active run has a channel. Publishing an event and attaching a subscriber both hold the
+channel's lock, so a subscriber gets the stored events after its `since_seq` and then every
+live event, with no gap and no duplicate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from agents.base import Agent, AgentError, RunContext
+from agents.egress import fetch_session
+from models.records import EventType, RunRecord, RunStatus, RunUpdate, StoredRunEvent
+from models.store import EventWrite, Store
+from server.metrics import Metrics
+from server.settings import Settings
+
+log = logging.getLogger(__name__)
+
+Emitter = Callable[[RunRecord, StoredRunEvent], Awaitable[None]]
+"""Delivers a stored event to the run's Socket.IO subscribers."""
+
+INTERRUPTED = {"code": "interrupted", "message": "the server stopped while this run was in progress"}
+
+
+@dataclass(eq=False)
+class RunChannel:
+    run: RunRecord
+    events: list[StoredRunEvent] = field(default_factory=list)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    listeners: set[asyncio.Queue[StoredRunEvent]] = field(default_factory=set)
+    task: asyncio.Task[None] | None = None
+    closed: bool = False
+    shutting_down: bool = False
+
+
+class UnknownAgent(LookupError):
+    pass
+
+
+class AgentRuntime:
+    """Starts, cancels and streams agent runs inside this process.
+
+    :param store: where runs and their events are kept.
+    :param agents: the agents by name.
+    :param settings: limits, passed on to agents too.
+    :param emit: delivers each event to Socket.IO subscribers.
+    :param metrics: run counts by status.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        agents: dict[str, Agent],
+        settings: Settings,
+        emit: Emitter,
+        metrics: Metrics,
+    ) -> None:
+        self._store = store
+        self.agents = agents
+        self._settings = settings
+        self._emit = emit
+        self._metrics = metrics
+        self._slots = asyncio.Semaphore(settings.agent_concurrency)
+        self._channels: dict[str, RunChannel] = {}
+        self._http: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> AgentRuntime:
+        self._http = fetch_session(self._settings.fetch_allow_private)
+        await self._fail_interrupted_runs()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        channels = list(self._channels.values())
+        for channel in channels:
+            channel.shutting_down = True
+            if channel.task is not None:
+                channel.task.cancel()
+        tasks = [channel.task for channel in channels if channel.task is not None]
+        if tasks:
+            await asyncio.wait(tasks, timeout=10)
+        if self._http is not None:
+            await self._http.close()
+
+    async def start(
+        self,
+        agent_name: str,
+        input: dict[str, Any],
+        *,
+        user_id: str,
+        user_name: str,
+        room: str | None,
+        before_start: Callable[[RunRecord], Awaitable[None]] | None = None,
+    ) -> RunRecord:
+        """Create a run and queue it; raise UnknownAgent or InvalidInput before anything is stored.
+
+        `before_start` runs after the run is stored and before its first event, which is where
+        its first subscribers are added."""
+        agent = self.agents.get(agent_name)
+        if agent is None:
+            known = ", ".join(sorted(self.agents))
+            raise UnknownAgent(f"unknown agent {agent_name!r}; available: {known}")
+
+        parsed = agent.parse_input(input)
+        run = await self._store.create_run(
+            agent=agent_name, user_id=user_id, user_name=user_name, room=room, input=parsed
+        )
+        channel = RunChannel(run)
+        self._channels[run.id] = channel
+        if before_start is not None:
+            await before_start(run)
+        self._metrics.run_moved(None, run.status.value)
+        channel.task = asyncio.create_task(self._execute(channel, agent), name=f"run-{run.id}")
+        log.info("run %s queued: agent=%s user=%s room=%s", run.id, agent_name, user_id, room)
+        return run
+
+    def cancel(self, run_id: str) -> bool:
+        """Stop an active run; return False when it is not running in this process."""
+        channel = self._channels.get(run_id)
+        if channel is None or channel.task is None or channel.task.done():
+            return False
+        channel.task.cancel()
+        log.info("run %s cancel requested", run_id)
+        return True
+
+    async def get_run(self, run_id: str) -> RunRecord | None:
+        channel = self._channels.get(run_id)
+        if channel is not None:
+            return channel.run
+        return await self._store.get_run(run_id)
+
+    def active_runs_in(self, room: str) -> list[RunRecord]:
+        return [channel.run for channel in self._channels.values() if channel.run.room == room]
+
+    async def attach(
+        self,
+        run_id: str,
+        since_seq: int,
+        replay: Callable[[list[StoredRunEvent]], Awaitable[None]],
+        go_live: Callable[[], Awaitable[None]] | None = None,
+    ) -> RunRecord | None:
+        """Hand `replay` every stored event after `since_seq`, then call `go_live` if the run
+        is still producing events. Return the run, or None when there is no such run."""
+        channel = self._channels.get(run_id)
+        if channel is not None:
+            async with channel.lock:
+                if not channel.closed:
+                    await replay([event for event in channel.events if event.seq > since_seq])
+                    if go_live is not None:
+                        await go_live()
+                    return channel.run
+
+        run = await self._store.get_run(run_id)
+        if run is None:
+            return None
+        await replay(await self._store.run_events_after(run_id, since_seq))
+        return run
+
+    def listen(self, run_id: str, queue: asyncio.Queue[StoredRunEvent]) -> Callable[[], None]:
+        """Add a queue that receives the run's live events; return the function that removes it."""
+        channel = self._channels.get(run_id)
+        if channel is None:
+            return lambda: None
+        channel.listeners.add(queue)
+        return lambda: channel.listeners.discard(queue)
+
+    async def _execute(self, channel: RunChannel, agent: Agent) -> None:
+        run = channel.run
+        try:
+            async with self._slots:
+                context = self._context_for(channel)
+                await self._publish(
+                    channel,
+                    EventType.STAGE,
+                    {"stage": "started", "label": "Started", "progress": 0.0},
+                    RunStatus.RUNNING,
+                )
+                await agent.run(context)
+                await self._finish(channel, RunStatus.COMPLETED, None)
+        except asyncio.CancelledError:
+            if channel.shutting_down:
+                await self._finish(channel, RunStatus.FAILED, INTERRUPTED)
+            else:
+                await self._finish(channel, RunStatus.CANCELLED, None)
+        except AgentError as exc:
+            log.info("run %s failed: %s: %s", run.id, exc.code, exc.message)
+            await self._finish(channel, RunStatus.FAILED, {"code": exc.code, "message": exc.message})
+        except Exception:
+            log.exception("run %s crashed", run.id)
+            await self._finish(
+                channel, RunStatus.FAILED, {"code": "internal", "message": "the agent failed unexpectedly"}
+            )
+        finally:
+            self._channels.pop(run.id, None)
+
+    def _context_for(self, channel: RunChannel) -> RunContext:
+        assert self._http is not None
+        run = channel.run
+
+        async def publish_stage(stage: str, label: str, progress: float) -> None:
+            payload = {"stage": stage, "label": label, "progress": progress}
+            await self._publish(channel, EventType.STAGE, payload, RunStatus.RUNNING)
+
+        async def publish_section(index: int, title: str, content: str) -> None:
+            payload = {"index": index, "title": title, "content": content}
+            await self._publish(channel, EventType.SECTION, payload, RunStatus.RUNNING)
+
+        return RunContext(
+            run_id=run.id,
+            input=run.input,
+            user_id=run.user_id,
+            room=run.room,
+            settings=self._settings,
+            http=self._http,
+            publish_stage=publish_stage,
+            publish_section=publish_section,
+        )
+
+    async def _finish(self, channel: RunChannel, status: RunStatus, error: dict[str, Any] | None) -> None:
+        payload: dict[str, Any] = {"status": status.value}
+        if error is not None:
+            payload["error"] = error
+        stage = status.value
+        progress = 1.0 if status is RunStatus.COMPLETED else channel.run.progress
+        payload.update({"stage": stage, "label": stage.capitalize(), "progress": progress})
+        try:
+            await self._publish(channel, EventType.DONE, payload, status)
+        except Exception:
+            log.exception("run %s: storing its final event failed", channel.run.id)
+        log.info("run %s %s", channel.run.id, status.value)
+
+    async def _publish(
+        self, channel: RunChannel, type: EventType, payload: dict[str, Any], status: RunStatus
+    ) -> None:
+        # Shielded so that a cancellation arriving mid-publish cannot leave an event stored but
+        # not delivered: the publish completes and the cancellation is raised after it.
+        await asyncio.shield(self._publish_now(channel, type, payload, status))
+
+    async def _publish_now(
+        self, channel: RunChannel, type: EventType, payload: dict[str, Any], status: RunStatus
+    ) -> None:
+        async with channel.lock:
+            run = channel.run
+            stage = payload.get("stage", run.stage)
+            label = payload.get("label", run.label)
+            progress = float(payload.get("progress", run.progress))
+            full = {**payload, "status": status.value, "stage": stage, "progress": progress}
+            update = RunUpdate(status, stage, label, progress, payload.get("error"))
+
+            write = EventWrite(run.id, run.last_seq + 1, type, full, update)
+            event = await self._store.append_run_event(write)
+
+            previous = run.status
+            run.last_seq = event.seq
+            run.status, run.stage, run.label, run.progress = status, stage, label, progress
+            run.error = update.error
+            run.updated_at = event.created_at
+            if status.finished:
+                run.finished_at = event.created_at
+                channel.closed = True
+            if previous is not status:
+                self._metrics.run_moved(previous.value, status.value)
+
+            channel.events.append(event)
+            for queue in channel.listeners:
+                queue.put_nowait(event)
+            await self._emit(run, event)
+
+    async def _fail_interrupted_runs(self) -> None:
+        # NOTE: this assumes one process owns every run; with several processes sharing a
+        # database it would also end runs that another live process is executing.
+        for run in await self._store.unfinished_runs():
+            payload = {
+                "status": RunStatus.FAILED.value,
+                "error": INTERRUPTED,
+                "stage": "failed",
+                "label": "Failed",
+                "progress": run.progress,
+            }
+            update = RunUpdate(RunStatus.FAILED, "failed", "Failed", run.progress, INTERRUPTED)
+            await self._store.append_run_event(
+                EventWrite(run.id, run.last_seq + 1, EventType.DONE, payload, update)
+            )
+            log.warning("run %s was left %s by a previous process; marked failed", run.id, run.status)

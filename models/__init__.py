@@ -1,0 +1,1 @@
+"""Persistence: SQLAlchemy models, migrations and the store Huddle reads and writes through."""

@@ -1,0 +1,419 @@
+"""The store: rooms and their ordered message log, agent runs and their event logs.
+
+Messages and run events are written through group commit. A message's `seq` is taken from its
+room's `last_seq` counter in the transaction that stores the message, so concurrent writers,
+in one process or in several against PostgreSQL, still produce a gap-free sequence.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable, Sequence
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, cast
+
+from sqlalchemy import Table, case, select, tuple_, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Row
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from models.group_commit import GroupCommitter
+from models.records import (
+    EventType,
+    RunRecord,
+    RunStatus,
+    RunUpdate,
+    StoredMessage,
+    StoredRunEvent,
+)
+from models.tables import Message, Room, Run, RunEvent
+
+log = logging.getLogger(__name__)
+
+messages_t = cast(Table, Message.__table__)
+rooms_t = cast(Table, Room.__table__)
+runs_t = cast(Table, Run.__table__)
+events_t = cast(Table, RunEvent.__table__)
+
+
+class RoomNotFound(LookupError):
+    pass
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class MessageWrite:
+    room: str
+    user_id: str
+    user_name: str
+    text: str
+    client_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class AppendResult:
+    message: StoredMessage
+    created: bool
+    """False when the same user already stored this `client_id` in this room (a retry)."""
+
+
+@dataclass(frozen=True, slots=True)
+class EventWrite:
+    run_id: str
+    seq: int
+    type: EventType
+    payload: dict[str, Any]
+    run_update: RunUpdate
+
+
+class Store:
+    """Huddle's persistence API over one SQLAlchemy async engine.
+
+    Use it as an async context manager: entering starts the group-commit writers, leaving
+    drains them.
+
+    :param engine: SQLite (aiosqlite) or PostgreSQL (asyncpg) engine with the schema migrated.
+    :param commit_batch_max: writes grouped into one transaction at most (default 512).
+    :param on_commit: called with (writer name, batch size, seconds) after each group commit.
+    """
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        commit_batch_max: int = 512,
+        on_commit: Callable[[str, int, float], None] | None = None,
+    ) -> None:
+        self.engine = engine
+        self._exit_stack = AsyncExitStack()
+        self.message_listeners: list[Callable[[StoredMessage], None]] = []
+        """Called for each newly stored message after its commit, before its sender resumes."""
+
+        def report(name: str) -> Callable[[int, float], None] | None:
+            if on_commit is None:
+                return None
+            return lambda size, seconds: on_commit(name, size, seconds)
+
+        self._messages: GroupCommitter[MessageWrite] = GroupCommitter(
+            engine,
+            _apply_messages,
+            name="messages",
+            max_batch=commit_batch_max,
+            on_commit=report("messages"),
+            after_commit=self._announce_messages,
+        )
+        self._events: GroupCommitter[EventWrite] = GroupCommitter(
+            engine,
+            _apply_events,
+            name="run_events",
+            max_batch=commit_batch_max,
+            on_commit=report("run_events"),
+        )
+
+    def _announce_messages(self, results: Sequence[Any]) -> None:
+        for result in results:
+            if isinstance(result, AppendResult) and result.created:
+                for listener in self.message_listeners:
+                    listener(result.message)
+
+    async def __aenter__(self) -> Store:
+        await self._exit_stack.enter_async_context(self._messages)
+        await self._exit_stack.enter_async_context(self._events)
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self._exit_stack.aclose()
+
+    # Rooms and messages
+
+    async def ensure_room(self, room: str) -> int:
+        """Create the room if it does not exist; return its last `seq`."""
+        async with self.engine.begin() as connection:
+            insert = _insert_ignoring_conflict(connection, rooms_t, ["name"])
+            await connection.execute(insert, {"name": room, "last_seq": 0, "created_at": utc_now()})
+            last_seq = await connection.scalar(select(rooms_t.c.last_seq).where(rooms_t.c.name == room))
+        return int(last_seq or 0)
+
+    async def last_seq(self, room: str) -> int | None:
+        async with self.engine.connect() as connection:
+            value = await connection.scalar(select(rooms_t.c.last_seq).where(rooms_t.c.name == room))
+        return None if value is None else int(value)
+
+    async def append_message(self, write: MessageWrite) -> AppendResult:
+        """Store a message durably and return it with its `seq`; a retried `client_id` returns
+        the message stored the first time."""
+        result: AppendResult = await self._messages.submit(write)
+        return result
+
+    async def messages_after(self, room: str, after_seq: int, limit: int) -> list[StoredMessage]:
+        query = (
+            select(messages_t)
+            .where(messages_t.c.room == room, messages_t.c.seq > after_seq)
+            .order_by(messages_t.c.seq)
+            .limit(limit)
+        )
+        async with self.engine.connect() as connection:
+            rows = (await connection.execute(query)).all()
+        return [_message_from_row(row) for row in rows]
+
+    async def messages_before(self, room: str, before_seq: int, limit: int) -> list[StoredMessage]:
+        """Return up to `limit` messages before `before_seq`, oldest first."""
+        query = (
+            select(messages_t)
+            .where(messages_t.c.room == room, messages_t.c.seq < before_seq)
+            .order_by(messages_t.c.seq.desc())
+            .limit(limit)
+        )
+        async with self.engine.connect() as connection:
+            rows = (await connection.execute(query)).all()
+        return [_message_from_row(row) for row in reversed(rows)]
+
+    # Agent runs
+
+    async def create_run(
+        self,
+        *,
+        agent: str,
+        user_id: str,
+        user_name: str,
+        room: str | None,
+        input: dict[str, Any],
+    ) -> RunRecord:
+        now = utc_now()
+        run = RunRecord(
+            id=new_id(),
+            agent=agent,
+            user_id=user_id,
+            user_name=user_name,
+            room=room,
+            input=input,
+            status=RunStatus.QUEUED,
+            stage=None,
+            label=None,
+            progress=0.0,
+            error=None,
+            last_seq=0,
+            created_at=now,
+            updated_at=now,
+            finished_at=None,
+        )
+        values = {
+            "id": run.id,
+            "agent": agent,
+            "user_id": user_id,
+            "user_name": user_name,
+            "room": room,
+            "input": input,
+            "status": run.status.value,
+            "progress": 0.0,
+            "last_seq": 0,
+            "created_at": now,
+            "updated_at": now,
+        }
+        async with self.engine.begin() as connection:
+            await connection.execute(runs_t.insert(), values)
+        return run
+
+    async def get_run(self, run_id: str) -> RunRecord | None:
+        async with self.engine.connect() as connection:
+            row = (await connection.execute(select(runs_t).where(runs_t.c.id == run_id))).first()
+        return None if row is None else _run_from_row(row)
+
+    async def append_run_event(self, write: EventWrite) -> StoredRunEvent:
+        """Store one run event and the run's new state in the same transaction."""
+        event: StoredRunEvent = await self._events.submit(write)
+        return event
+
+    async def run_events_after(
+        self, run_id: str, since_seq: int, limit: int = 10_000
+    ) -> list[StoredRunEvent]:
+        query = (
+            select(events_t)
+            .where(events_t.c.run_id == run_id, events_t.c.seq > since_seq)
+            .order_by(events_t.c.seq)
+            .limit(limit)
+        )
+        async with self.engine.connect() as connection:
+            rows = (await connection.execute(query)).all()
+        return [_event_from_row(row) for row in rows]
+
+    async def unfinished_runs(self) -> list[RunRecord]:
+        query = select(runs_t).where(runs_t.c.status.in_([RunStatus.QUEUED.value, RunStatus.RUNNING.value]))
+        async with self.engine.connect() as connection:
+            rows = (await connection.execute(query)).all()
+        return [_run_from_row(row) for row in rows]
+
+
+def _insert_ignoring_conflict(connection: AsyncConnection, table: Any, keys: list[str]) -> Any:
+    if connection.dialect.name == "postgresql":
+        return postgresql.insert(table).on_conflict_do_nothing(index_elements=keys)
+    return sqlite.insert(table).on_conflict_do_nothing(index_elements=keys)
+
+
+async def _apply_messages(connection: AsyncConnection, writes: Sequence[MessageWrite]) -> list[Any]:
+    results: list[Any] = [None] * len(writes)
+    existing = await _existing_messages(connection, writes)
+
+    fresh: dict[tuple[str, str, str], int] = {}
+    per_room: dict[str, list[int]] = {}
+    for index, write in enumerate(writes):
+        key = (write.room, write.user_id, write.client_id)
+        if key in existing:
+            results[index] = AppendResult(existing[key], created=False)
+        elif key in fresh:
+            continue
+        else:
+            fresh[key] = index
+            per_room.setdefault(write.room, []).append(index)
+
+    if per_room:
+        last_seqs = await _reserve_seqs(connection, {room: len(ix) for room, ix in per_room.items()})
+        now = utc_now()
+        rows = []
+        for room, indexes in per_room.items():
+            if room not in last_seqs:
+                for index in indexes:
+                    results[index] = RoomNotFound(f"room {room!r} does not exist")
+                continue
+            first_seq = last_seqs[room] - len(indexes) + 1
+            for offset, index in enumerate(indexes):
+                write = writes[index]
+                message = StoredMessage(
+                    id=new_id(),
+                    room=room,
+                    seq=first_seq + offset,
+                    user_id=write.user_id,
+                    user_name=write.user_name,
+                    text=write.text,
+                    client_id=write.client_id,
+                    created_at=now,
+                )
+                results[index] = AppendResult(message, created=True)
+                rows.append(_message_row(message))
+        if rows:
+            await connection.execute(messages_t.insert(), rows)
+
+    for index, write in enumerate(writes):
+        if results[index] is None:
+            first = results[fresh[(write.room, write.user_id, write.client_id)]]
+            results[index] = (
+                AppendResult(first.message, created=False) if isinstance(first, AppendResult) else first
+            )
+    return results
+
+
+async def _existing_messages(
+    connection: AsyncConnection, writes: Sequence[MessageWrite]
+) -> dict[tuple[str, str, str], StoredMessage]:
+    pairs = {(write.room, write.client_id) for write in writes}
+    query = select(messages_t).where(tuple_(messages_t.c.room, messages_t.c.client_id).in_(pairs))
+    rows = (await connection.execute(query)).all()
+    found = {}
+    for row in rows:
+        message = _message_from_row(row)
+        found[(message.room, message.user_id, message.client_id)] = message
+    return found
+
+
+async def _reserve_seqs(connection: AsyncConnection, counts: dict[str, int]) -> dict[str, int]:
+    """Advance each room's counter by its count in one statement; return the new last seqs.
+
+    The row locks this takes serialize concurrent writers to the same room until commit."""
+    increment = case(counts, value=rooms_t.c.name, else_=0)
+    statement = (
+        update(rooms_t)
+        .where(rooms_t.c.name.in_(list(counts)))
+        .values(last_seq=rooms_t.c.last_seq + increment)
+        .returning(rooms_t.c.name, rooms_t.c.last_seq)
+    )
+    rows = (await connection.execute(statement)).all()
+    return {row.name: int(row.last_seq) for row in rows}
+
+
+async def _apply_events(connection: AsyncConnection, writes: Sequence[EventWrite]) -> list[Any]:
+    now = utc_now()
+    rows = [
+        {"run_id": w.run_id, "seq": w.seq, "type": w.type.value, "payload": w.payload, "created_at": now}
+        for w in writes
+    ]
+    await connection.execute(events_t.insert(), rows)
+
+    latest: dict[str, EventWrite] = {}
+    for write in writes:
+        latest[write.run_id] = write
+    for run_id, write in latest.items():
+        state = write.run_update
+        values: dict[str, Any] = {
+            "status": state.status.value,
+            "stage": state.stage,
+            "label": state.label,
+            "progress": state.progress,
+            "error": state.error,
+            "last_seq": write.seq,
+            "updated_at": now,
+        }
+        if state.status.finished:
+            values["finished_at"] = now
+        await connection.execute(update(runs_t).where(runs_t.c.id == run_id).values(**values))
+
+    return [StoredRunEvent(w.run_id, w.seq, w.type, w.payload, now) for w in writes]
+
+
+def _message_row(message: StoredMessage) -> dict[str, Any]:
+    return {
+        "id": message.id,
+        "room": message.room,
+        "seq": message.seq,
+        "user_id": message.user_id,
+        "user_name": message.user_name,
+        "text": message.text,
+        "client_id": message.client_id,
+        "created_at": message.created_at,
+    }
+
+
+def _message_from_row(row: Row[Any]) -> StoredMessage:
+    return StoredMessage(
+        id=row.id,
+        room=row.room,
+        seq=int(row.seq),
+        user_id=row.user_id,
+        user_name=row.user_name,
+        text=row.text,
+        client_id=row.client_id,
+        created_at=row.created_at,
+    )
+
+
+def _event_from_row(row: Row[Any]) -> StoredRunEvent:
+    return StoredRunEvent(row.run_id, int(row.seq), EventType(row.type), row.payload, row.created_at)
+
+
+def _run_from_row(row: Row[Any]) -> RunRecord:
+    return RunRecord(
+        id=row.id,
+        agent=row.agent,
+        user_id=row.user_id,
+        user_name=row.user_name,
+        room=row.room,
+        input=row.input,
+        status=RunStatus(row.status),
+        stage=row.stage,
+        label=row.label,
+        progress=float(row.progress),
+        error=row.error,
+        last_seq=int(row.last_seq),
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        finished_at=row.finished_at,
+    )

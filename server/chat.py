@@ -1,0 +1,375 @@
+"""The Socket.IO namespace "/": rooms, messages, typing, presence and agent runs."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from http.cookies import SimpleCookie
+from typing import Any
+
+import socketio
+from pydantic import BaseModel, ValidationError
+
+from agents.base import InvalidInput
+from agents.runtime import AgentRuntime, UnknownAgent
+from models.records import RunRecord, StoredMessage, StoredRunEvent
+from models.store import AppendResult, MessageWrite, RoomNotFound, Store
+from server import schemas
+from server.auth import Identity, verify_token
+from server.delivery import CatchUpTracker
+from server.errors import ErrorCode, HuddleError, error_ack
+from server.metrics import Metrics
+from server.presence import Member, MemoryPresence
+from server.ratelimit import TokenBucket
+from server.settings import Settings
+
+log = logging.getLogger(__name__)
+
+TOKEN_COOKIE = "huddle_token"
+
+
+def run_room(run_id: str) -> str:
+    return f"run:{run_id}"
+
+
+@dataclass(slots=True)
+class Client:
+    sid: str
+    identity: Identity
+    bucket: TokenBucket
+    rooms: set[str]
+
+
+Handler = Callable[[Client, Any], Awaitable[dict[str, Any]]]
+
+
+class ChatNamespace(socketio.AsyncNamespace):
+    """Handlers for every client event on "/". Each event is acknowledged with `{ok: true, ...}`
+    or `{ok: false, error: {code, message}}`; no bad input closes the connection."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        secret: str,
+        store: Store,
+        presence: MemoryPresence,
+        metrics: Metrics,
+        namespace: str = "/",
+    ) -> None:
+        super().__init__(namespace)
+        self.settings = settings
+        self.secret = secret
+        self.store = store
+        self.presence = presence
+        self.metrics = metrics
+        self.runtime: AgentRuntime | None = None
+        self.catch_up = CatchUpTracker()
+        store.message_listeners.append(self.catch_up.committed)
+        self._clients: dict[str, Client] = {}
+        self._handlers: dict[str, tuple[type[BaseModel], Handler]] = {
+            "room:join": (schemas.JoinRoom, self.join_room),
+            "room:leave": (schemas.LeaveRoom, self.leave_room),
+            "room:history": (schemas.RoomHistory, self.room_history),
+            "message:send": (schemas.SendMessage, self.send_message),
+            "typing": (schemas.Typing, self.typing),
+            "agent:start": (schemas.StartAgent, self.start_agent),
+            "agent:subscribe": (schemas.SubscribeRun, self.subscribe_run),
+            "agent:cancel": (schemas.CancelRun, self.cancel_run),
+        }
+
+    # Dispatch
+
+    async def trigger_event(self, event: str, *args: Any) -> Any:
+        if event == "connect":
+            return await self.on_connect(*args)
+        if event == "disconnect":
+            return await self.on_disconnect(args[0])
+
+        sid = args[0]
+        client = self._clients.get(sid)
+        if client is None:
+            return error_ack(ErrorCode.UNAUTHORIZED, "not connected")
+
+        entry = self._handlers.get(event)
+        if entry is None:
+            self.metrics.events.labels("unknown", "invalid_argument").inc()
+            known = ", ".join(self._handlers)
+            return error_ack(ErrorCode.INVALID_ARGUMENT, f"unknown event {event!r}; known events: {known}")
+
+        ack = await self._dispatch(client, event, entry, args[1:])
+        outcome = "ok" if ack.get("ok") else ack["error"]["code"]
+        self.metrics.events.labels(event, outcome).inc()
+        return ack
+
+    async def _dispatch(
+        self, client: Client, event: str, entry: tuple[type[BaseModel], Handler], args: tuple[Any, ...]
+    ) -> dict[str, Any]:
+        model, handler = entry
+        if not client.bucket.take():
+            wait = client.bucket.retry_after()
+            return error_ack(ErrorCode.RATE_LIMITED, f"too many events; retry in {wait:.2f} s")
+
+        if len(args) != 1 or not isinstance(args[0], dict):
+            return error_ack(ErrorCode.INVALID_ARGUMENT, f"{event} takes one object argument")
+
+        size = len(json.dumps(args[0], ensure_ascii=False).encode())
+        if size > self.settings.max_payload_bytes:
+            return error_ack(
+                ErrorCode.PAYLOAD_TOO_LARGE,
+                f"payload is {size} bytes; the limit is {self.settings.max_payload_bytes}",
+            )
+
+        try:
+            payload = model.model_validate(args[0])
+            return await handler(client, payload)
+        except ValidationError as exc:
+            return error_ack(ErrorCode.INVALID_ARGUMENT, schemas.describe_validation_error(exc))
+        except HuddleError as exc:
+            return {"ok": False, "error": exc.to_dict()}
+        except Exception:
+            log.exception("event %s from sid=%s user=%s failed", event, client.sid, client.identity.user_id)
+            return error_ack(ErrorCode.INTERNAL, "internal error; the event was not applied")
+
+    # Connection
+
+    async def on_connect(self, sid: str, environ: dict[str, Any], auth: Any) -> None:
+        token = _token_from(auth, environ)
+        try:
+            identity = verify_token(self.secret, token)
+        except HuddleError as exc:
+            log.info("connection refused: sid=%s %s", sid, exc.message)
+            raise socketio.exceptions.ConnectionRefusedError(exc.message, exc.to_dict()) from exc
+
+        bucket = TokenBucket(self.settings.rate_limit_events_per_second, self.settings.rate_limit_burst)
+        self._clients[sid] = Client(sid, identity, bucket, set())
+        self.metrics.connections.inc()
+        log.debug("connected: sid=%s user=%s", sid, identity.user_id)
+
+    async def on_disconnect(self, sid: str) -> None:
+        client = self._clients.pop(sid, None)
+        if client is None:
+            return
+        self.metrics.connections.dec()
+        for room in list(client.rooms):
+            await self._leave(client, room)
+        log.debug("disconnected: sid=%s user=%s", sid, client.identity.user_id)
+
+    # Rooms
+
+    async def join_room(self, client: Client, payload: schemas.JoinRoom) -> dict[str, Any]:
+        room = payload.room
+        if not client.identity.may_join(room):
+            raise HuddleError(ErrorCode.FORBIDDEN, f"your token does not allow room {room!r}")
+
+        last_seq = await self.store.ensure_room(room)
+        await self.enter_room(client.sid, room)
+        window = self.catch_up.open_window(room)
+        try:
+            missed, has_more = await self._missed(room, payload.since_seq)
+            missed = self.catch_up.still_missing(window, missed)
+        finally:
+            self.catch_up.close_window(window)
+
+        first = room not in client.rooms
+        client.rooms.add(room)
+        member = Member(client.identity.user_id, client.identity.name)
+        if first and self.presence.join(room, member, client.sid):
+            await self._announce_presence(room, member, "online", skip_sid=client.sid)
+
+        if missed:
+            last_seq = max(last_seq, missed[-1].seq)
+        return {
+            "ok": True,
+            "room": room,
+            "last_seq": last_seq,
+            "members": [m.to_wire() for m in self.presence.members(room)],
+            "missed": [m.to_wire() for m in missed],
+            "has_more": has_more,
+            "runs": [run.summary() for run in self._active_runs(room)],
+        }
+
+    async def _missed(self, room: str, since_seq: int | None) -> tuple[list[StoredMessage], bool]:
+        if since_seq is None:
+            return [], False
+        cap = self.settings.join_missed_max
+        rows = await self.store.messages_after(room, since_seq, cap + 1)
+        return rows[:cap], len(rows) > cap
+
+    async def leave_room(self, client: Client, payload: schemas.LeaveRoom) -> dict[str, Any]:
+        if payload.room not in client.rooms:
+            raise HuddleError(ErrorCode.NOT_FOUND, f"you are not in room {payload.room!r}")
+        await self._leave(client, payload.room)
+        return {"ok": True, "room": payload.room}
+
+    async def _leave(self, client: Client, room: str) -> None:
+        client.rooms.discard(room)
+        await self.leave_room_sio(client.sid, room)
+        if self.presence.leave(room, client.identity.user_id, client.sid):
+            member = Member(client.identity.user_id, client.identity.name)
+            await self._announce_presence(room, member, "offline", skip_sid=client.sid)
+
+    async def leave_room_sio(self, sid: str, room: str) -> None:
+        server: socketio.AsyncServer = self.server
+        await server.leave_room(sid, room, namespace=self.namespace)
+
+    async def _announce_presence(self, room: str, member: Member, status: str, skip_sid: str) -> None:
+        payload = {"room": room, "user": member.to_wire(), "status": status}
+        await self.emit("presence:update", payload, room=room, skip_sid=skip_sid)
+
+    async def room_history(self, client: Client, payload: schemas.RoomHistory) -> dict[str, Any]:
+        self._require_allowed(client, payload.room)
+        limit = min(payload.limit, self.settings.history_page_max)
+        if payload.before_seq is not None:
+            rows = await self.store.messages_before(payload.room, payload.before_seq, limit + 1)
+            has_more = len(rows) > limit
+            rows = rows[-limit:] if has_more else rows
+        else:
+            rows = await self.store.messages_after(payload.room, payload.after_seq or 0, limit + 1)
+            has_more = len(rows) > limit
+            rows = rows[:limit]
+        return {
+            "ok": True,
+            "room": payload.room,
+            "messages": [m.to_wire() for m in rows],
+            "has_more": has_more,
+        }
+
+    def _require_allowed(self, client: Client, room: str) -> None:
+        if not client.identity.may_join(room):
+            raise HuddleError(ErrorCode.FORBIDDEN, f"your token does not allow room {room!r}")
+
+    def _require_member(self, client: Client, room: str) -> None:
+        if room not in client.rooms:
+            raise HuddleError(ErrorCode.FORBIDDEN, f"join room {room!r} first")
+
+    # Messages
+
+    async def send_message(self, client: Client, payload: schemas.SendMessage) -> dict[str, Any]:
+        self._require_member(client, payload.room)
+        size = len(payload.text.encode())
+        if size > self.settings.max_message_bytes:
+            raise HuddleError(
+                ErrorCode.PAYLOAD_TOO_LARGE,
+                f"text is {size} bytes; the limit is {self.settings.max_message_bytes}",
+            )
+
+        identity = client.identity
+        write = MessageWrite(payload.room, identity.user_id, identity.name, payload.text, payload.client_id)
+        try:
+            result: AppendResult = await self.store.append_message(write)
+        except RoomNotFound as exc:
+            raise HuddleError(ErrorCode.NOT_FOUND, str(exc)) from exc
+
+        message = result.message
+        if result.created:
+            self.metrics.messages_stored.inc()
+            self.catch_up.broadcasting(message)
+            await self.emit("message:new", message.to_wire(), room=payload.room, skip_sid=client.sid)
+        return {"ok": True, "message": message.to_wire(), "duplicate": not result.created}
+
+    async def typing(self, client: Client, payload: schemas.Typing) -> dict[str, Any]:
+        self._require_member(client, payload.room)
+        event = {"room": payload.room, "user": client.identity.public(), "typing": payload.typing}
+        await self.emit("typing", event, room=payload.room, skip_sid=client.sid)
+        return {"ok": True}
+
+    # Agent runs
+
+    def _runtime(self) -> AgentRuntime:
+        if self.runtime is None:
+            raise HuddleError(ErrorCode.INTERNAL, "agents are not available on this server")
+        return self.runtime
+
+    def _active_runs(self, room: str) -> list[RunRecord]:
+        return [] if self.runtime is None else self.runtime.active_runs_in(room)
+
+    async def start_agent(self, client: Client, payload: schemas.StartAgent) -> dict[str, Any]:
+        runtime = self._runtime()
+        if payload.room is not None:
+            self._require_member(client, payload.room)
+
+        identity = client.identity
+        try:
+            run = await runtime.start(
+                payload.agent,
+                payload.input,
+                user_id=identity.user_id,
+                user_name=identity.name,
+                room=payload.room,
+                before_start=lambda run: self._add_subscribers(client.sid, run),
+            )
+        except UnknownAgent as exc:
+            raise HuddleError(ErrorCode.NOT_FOUND, str(exc)) from exc
+        except InvalidInput as exc:
+            raise HuddleError(ErrorCode.INVALID_ARGUMENT, str(exc)) from exc
+        return {"ok": True, "run": run.summary()}
+
+    async def _add_subscribers(self, sid: str, run: RunRecord) -> None:
+        """Subscribe the starter and, for a run in a room, every socket in that room."""
+        target = run_room(run.id)
+        await self.enter_room(sid, target)
+        if run.room is None:
+            return
+        server: socketio.AsyncServer = self.server
+        for member_sid, _ in list(server.manager.get_participants(self.namespace, run.room)):
+            await self.enter_room(member_sid, target)
+
+    def may_see_run(self, identity: Identity, run: RunRecord) -> bool:
+        if run.user_id == identity.user_id or identity.has_role("admin"):
+            return True
+        return run.room is not None and identity.may_join(run.room)
+
+    async def subscribe_run(self, client: Client, payload: schemas.SubscribeRun) -> dict[str, Any]:
+        runtime = self._runtime()
+        run = await runtime.get_run(payload.run_id)
+        if run is None or not self.may_see_run(client.identity, run):
+            raise HuddleError(ErrorCode.NOT_FOUND, f"run {payload.run_id!r} not found")
+
+        replayed = 0
+
+        async def replay(events: list[StoredRunEvent]) -> None:
+            nonlocal replayed
+            for event in events:
+                await self.emit(f"agent:{event.type.value}", event.to_wire(), to=client.sid)
+            replayed = len(events)
+
+        async def go_live() -> None:
+            await self.enter_room(client.sid, run_room(payload.run_id))
+
+        current = await runtime.attach(payload.run_id, payload.since_seq, replay, go_live)
+        assert current is not None
+        return {"ok": True, "run": current.to_wire(), "replayed": replayed}
+
+    async def cancel_run(self, client: Client, payload: schemas.CancelRun) -> dict[str, Any]:
+        runtime = self._runtime()
+        run = await runtime.get_run(payload.run_id)
+        if run is None or not self.may_see_run(client.identity, run):
+            raise HuddleError(ErrorCode.NOT_FOUND, f"run {payload.run_id!r} not found")
+        if run.status.finished:
+            raise HuddleError(ErrorCode.CONFLICT, f"run {run.id} already ended {run.status.value}")
+        if not runtime.cancel(run.id):
+            raise HuddleError(ErrorCode.CONFLICT, f"run {run.id} is not running on this server")
+        return {"ok": True, "run": {"id": run.id, "status": "cancelling"}}
+
+    async def emit_run_event(self, run: RunRecord, event: StoredRunEvent) -> None:
+        await self.emit(f"agent:{event.type.value}", event.to_wire(), room=run_room(run.id))
+
+
+def _token_from(auth: Any, environ: dict[str, Any]) -> str | None:
+    if isinstance(auth, dict) and isinstance(auth.get("token"), str):
+        return str(auth["token"])
+
+    header = environ.get("HTTP_AUTHORIZATION", "")
+    if header.lower().startswith("bearer "):
+        return str(header[7:].strip())
+
+    cookies = SimpleCookie()
+    try:
+        cookies.load(environ.get("HTTP_COOKIE", ""))
+    except Exception:
+        return None
+    morsel = cookies.get(TOKEN_COOKIE)
+    return morsel.value if morsel is not None else None

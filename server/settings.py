@@ -1,0 +1,98 @@
+"""All of Huddle's settings, read from the environment in one place."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Huddle's configuration.
+
+    Every field is read from the environment variable of the same name in upper case with the
+    `HUDDLE_` prefix (`HUDDLE_PORT`), except those given an explicit alias
+    (`DATABASE_URL`, `OPENAI_API_KEY`, `OPENAI_BASE_URL`).
+    """
+
+    model_config = SettingsConfigDict(env_prefix="HUDDLE_", populate_by_name=True, extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    data_dir: Path = Field(default=Path("data"))
+    """Directory for the SQLite database and the generated JWT secret."""
+
+    database_url: str | None = Field(default=None, alias="DATABASE_URL")
+    """SQLAlchemy async URL; defaults to SQLite in `data_dir`. PostgreSQL: `postgresql+asyncpg://`."""
+
+    jwt_secret: str | None = None
+    """HS256 signing secret. When unset, a random one is created once in `data_dir/jwt-secret`."""
+
+    cors_origins: Annotated[list[str], NoDecode] = ["http://localhost:3000"]
+    """Origins allowed to connect from a browser: a JSON list or a comma-separated string, `*` for any."""
+
+    migrate_on_start: bool = True
+
+    max_message_bytes: int = 16 * 1024
+    """Maximum size of a chat message's text, in bytes of UTF-8."""
+
+    max_payload_bytes: int = 1_000_000
+    """Maximum size of one Socket.IO packet (Engine.IO `max_http_buffer_size`), in bytes."""
+
+    rate_limit_events_per_second: float = 20.0
+    """Sustained client events per second allowed on one connection."""
+
+    rate_limit_burst: int = 60
+    """Events a connection may send at once before the rate limit applies."""
+
+    history_page_max: int = 200
+    join_missed_max: int = 100
+    """Messages sent with `room:join` at most; past it the ack says `has_more`."""
+
+    ws_compression: bool = False
+    """Negotiate permessage-deflate on websockets. Off by default: each compressed connection
+    holds zlib state of about 100 KB on the server."""
+
+    commit_batch_max: int = 512
+    """Writes grouped into one database transaction at most."""
+
+    agent_concurrency: int = 4
+    """Agent runs executing at once in this process; more runs wait in a queue."""
+
+    fetch_timeout_seconds: float = 10.0
+    fetch_max_bytes: int = 2_000_000
+    fetch_max_redirects: int = 5
+    fetch_allow_private: bool = False
+    """Let the report agent fetch loopback, private and link-local addresses. Off by default so
+    that users cannot point the server at internal services; turn it on for local development."""
+
+    sse_heartbeat_seconds: float = 15.0
+
+    openai_api_key: str | None = Field(default=None, alias="OPENAI_API_KEY")
+    openai_base_url: str | None = Field(default=None, alias="OPENAI_BASE_URL")
+    llm_model: str = "gpt-4o-mini"
+
+    log_level: str = "INFO"
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        if value.lstrip().startswith("["):
+            return json.loads(value)
+        return [origin.strip() for origin in value.split(",") if origin.strip()]
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'huddle.db').resolve()}"
+
+    @property
+    def llm_configured(self) -> bool:
+        return bool(self.openai_api_key or self.openai_base_url)
