@@ -357,7 +357,8 @@ _ABBREVIATIONS = frozenset({
 
 # NOTE: only English stop words are removed. Other languages are scored with their
 # function words included, so their summaries and keywords are weaker.
-STOP_WORDS = frozenset("""
+STOP_WORDS = frozenset(
+    """
 a about above after again against all almost also although am among an and another any
 are aren't around as at be because been before being below between both but by can
 can't cannot could couldn't did didn't do does doesn't doing don't down during each
@@ -374,7 +375,8 @@ weren't what what's when when's where where's whether which while who who's whom
 why why's will with within without won't would wouldn't yes yet you you'd you'll you're
 you've your yours yourself yourselves
 http https www
-""".split())
+""".split()
+)
 
 
 @dataclass(frozen=True)
@@ -504,9 +506,7 @@ def _summary_candidates(analysis: _Analysis) -> list[_Sentence]:
 
     sentences = list(unique.values())
     in_range = [
-        sentence
-        for sentence in sentences
-        if MIN_SUMMARY_WORDS <= len(sentence.words) <= MAX_SUMMARY_WORDS
+        sentence for sentence in sentences if MIN_SUMMARY_WORDS <= len(sentence.words) <= MAX_SUMMARY_WORDS
     ]
     return in_range or sentences
 
@@ -708,8 +708,6 @@ def _render_statistics(doc: Document, analysis: _Analysis) -> str:
     ]
 
     if len(doc.text) > MAX_ANALYSED_CHARS:
-        lines.append(
-            f"- Analysed only the first {MAX_ANALYSED_CHARS:,} of {len(doc.text):,} characters"
-        )
+        lines.append(f"- Analysed only the first {MAX_ANALYSED_CHARS:,} of {len(doc.text):,} characters")
 
     return "\n".join(lines)

@@ -1,14 +1,15 @@
-"""The API an agent is written against: stages, progress, sections and failure."""
+"""The API an agent is written against: stages, progress, sections, deltas and failure."""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import aiohttp
 
+from agents.llm import LLMError, LLMProvider, Usage
 from server.settings import Settings
 
 
@@ -32,10 +33,22 @@ class Section:
     content: str
 
 
-class RunContext:
-    """What a running agent sees: its input and the calls that stream its progress.
+@dataclass(frozen=True, slots=True)
+class Publisher:
+    """How a context hands its events to the runtime."""
 
-    Each call stores an event before it returns, so a subscriber that comes later can replay it.
+    stage: Callable[[str, str, float], Awaitable[None]]
+    section: Callable[[int, str, str], Awaitable[None]]
+    delta: Callable[[int, str], Awaitable[None]]
+    usage: Callable[[Usage], None]
+
+
+class RunContext:
+    """What a running agent sees: its input, the services it may use, and the calls that
+    stream its progress.
+
+    `stage` and `section` store their event before they return. `delta` hands its event to
+    subscribers at once and stores it with the next batch, within `delta_flush_seconds`.
     """
 
     def __init__(
@@ -47,8 +60,8 @@ class RunContext:
         room: str | None,
         settings: Settings,
         http: aiohttp.ClientSession,
-        publish_stage: Callable[[str, str, float], Awaitable[None]],
-        publish_section: Callable[[int, str, str], Awaitable[None]],
+        llm: LLMProvider | None,
+        publisher: Publisher,
     ) -> None:
         self.run_id = run_id
         self.input = input
@@ -56,22 +69,43 @@ class RunContext:
         self.room = room
         self.settings = settings
         self.http = http
-        self._publish_stage = publish_stage
-        self._publish_section = publish_section
+        self.llm = llm
+        """The configured model, or None when no OpenAI-compatible endpoint is set."""
+        self._publisher = publisher
         self.sections: list[Section] = []
 
     async def stage(self, stage: str, label: str, progress: float) -> None:
         """Report the stage the run has reached; `progress` runs from 0.0 to 1.0."""
         if not 0.0 <= progress <= 1.0:
             raise ValueError(f"progress must be between 0 and 1, not {progress}")
-        await self._publish_stage(stage, label, progress)
+        await self._publisher.stage(stage, label, progress)
+
+    async def delta(self, text: str) -> None:
+        """Stream a piece of the section being written (the next one `section` publishes)."""
+        if text:
+            await self._publisher.delta(len(self.sections), text)
 
     async def section(self, title: str, content: str) -> Section:
         """Publish one finished section of the run's output."""
         section = Section(len(self.sections), title, content)
-        await self._publish_section(section.index, title, content)
+        await self._publisher.section(section.index, title, content)
         self.sections.append(section)
         return section
+
+    async def stream_section(
+        self, title: str, messages: Sequence[dict[str, str]], *, model: str | None = None
+    ) -> Section:
+        """Write a section with the model: stream its tokens as deltas, then publish it whole.
+
+        Raises AgentError with the model's error code when the request fails."""
+        if self.llm is None:
+            raise AgentError("llm_not_configured", "no language model is configured (OPENAI_BASE_URL)")
+        try:
+            completion = await self.llm.stream_chat(messages, self.delta, model=model)
+        except LLMError as exc:
+            raise AgentError(exc.code, exc.message) from exc
+        self._publisher.usage(completion.usage)
+        return await self.section(title, completion.text.strip())
 
 
 class Agent(ABC):

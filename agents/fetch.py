@@ -135,9 +135,7 @@ async def _request(
         )
 
 
-def _fetch_error_for(
-    exc: BaseException, shown_url: str, timeout: float, max_redirects: int
-) -> FetchError:
+def _fetch_error_for(exc: BaseException, shown_url: str, timeout: float, max_redirects: int) -> FetchError:
     """Translate an aiohttp or timeout exception into a FetchError for the user."""
     # Timeout checks come first because aiohttp's ServerTimeoutError is also a ClientError.
     if isinstance(exc, TimeoutError):
@@ -172,8 +170,7 @@ def _fetch_error_for(
         )
     return FetchError(
         "fetch_failed",
-        f"Fetching {shown_url} failed: {exc.__class__.__name__}: {exc}. "
-        "Check the URL, or try again later.",
+        f"Fetching {shown_url} failed: {exc.__class__.__name__}: {exc}. Check the URL, or try again later.",
     )
 
 
@@ -202,8 +199,7 @@ def _parse_url(url: str) -> URL:
     if not parsed.host or any(char.isspace() for char in parsed.host):
         raise FetchError(
             "invalid_url",
-            f"Invalid URL {url!r}: the host is missing or invalid. "
-            "Use a URL like https://example.com/page.",
+            f"Invalid URL {url!r}: the host is missing or invalid. Use a URL like https://example.com/page.",
         )
     return parsed
 

@@ -11,17 +11,21 @@ from agents.analysis import Document, build_sections, document_from_text, extrac
 from agents.base import Agent, AgentError, InvalidInput, RunContext
 from agents.egress import BlockedAddress
 from agents.fetch import FetchError, fetch_page
-from agents.llm import LLMError, complete_text
 
 log = logging.getLogger(__name__)
 
 MAX_URL_LENGTH = 2048
 MAX_TEXT_CHARS = 1_000_000
+PROMPT_TEXT_CHARS = 12_000
+"""Characters of the page's text given to the model, which keeps the prompt within small context windows."""
+
+SYSTEM_PROMPT = "You write short, accurate reports about web pages. Use only the page's content."
 
 
 class ReportAgent(Agent):
-    """Input `{url}` or `{text}`. Stages: fetching, extracting, analysing, writing; sections:
-    Summary, Key points, Outline, Links, Statistics."""
+    """Input `{url}` or `{text}`. Stages: fetching, extracting, analysing, writing. Sections:
+    Summary, Key points, Outline, Links, Statistics, and Recommendations when a model is
+    configured, which then also writes the summary, token by token."""
 
     name = "report"
 
@@ -52,13 +56,18 @@ class ReportAgent(Agent):
         sections = await asyncio.to_thread(build_sections, document)
 
         await context.stage("writing", "Writing the report", 0.7)
+        use_model = context.llm is not None and bool(document.text.strip())
+        total = len(sections) + (1 if use_model else 0)
         for position, section in enumerate(sections):
-            content = section.content
-            if section.title == "Summary" and context.settings.llm_configured and document.text.strip():
-                content = await self._llm_summary(context, document)
-            await context.section(section.title, content)
-            progress = 0.7 + 0.3 * (position + 1) / (len(sections) + 1)
-            await context.stage("writing", f"Wrote {section.title.lower()}", round(progress, 3))
+            if section.title == "Summary" and use_model:
+                await context.stream_section(section.title, _prompt(document, SUMMARY_TASK))
+            else:
+                await context.section(section.title, section.content)
+            await _progress(context, section.title, position, total)
+
+        if use_model:
+            recommendations = await context.stream_section("Recommendations", _prompt(document, ADVICE_TASK))
+            await _progress(context, recommendations.title, total - 1, total)
 
     async def _document(self, context: RunContext) -> Document:
         settings = context.settings
@@ -91,12 +100,19 @@ class ReportAgent(Agent):
             return await asyncio.to_thread(document_from_text, page.text)
         return await asyncio.to_thread(extract_document, page.text, page.url)
 
-    async def _llm_summary(self, context: RunContext, document: Document) -> str:
-        prompt = (
-            "Summarize the following page in at most five sentences for a busy reader.\n\n"
-            f"Title: {document.title or 'untitled'}\n\n{document.text[:12000]}"
-        )
-        try:
-            return await complete_text(context.settings, prompt)
-        except LLMError as exc:
-            raise AgentError("llm_failed", str(exc)) from exc
+
+SUMMARY_TASK = "Summarize the page in at most five sentences for a busy reader."
+ADVICE_TASK = "List three concrete recommendations for the page's reader, one line each."
+
+
+def _prompt(document: Document, task: str) -> list[dict[str, str]]:
+    page = f"Title: {document.title or 'untitled'}\n\n{document.text[:PROMPT_TEXT_CHARS]}"
+    return [
+        {"role": "system", "content": SYSTEM_PROMPT},
+        {"role": "user", "content": f"{task}\n\n{page}"},
+    ]
+
+
+async def _progress(context: RunContext, title: str, position: int, total: int) -> None:
+    progress = 0.7 + 0.3 * (position + 1) / (total + 1)
+    await context.stage("writing", f"Wrote {title.lower()}", round(progress, 3))

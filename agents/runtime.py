@@ -1,13 +1,16 @@
 """Runs agents in a bounded pool, stores every run event and fans it out in order.
 
 Each active run has a channel. Publishing an event and attaching a subscriber both hold the
-channel's lock, so a subscriber gets the stored events after its `since_seq` and then every
-live event, with no gap and no duplicate.
+channel's lock, so a subscriber gets the events after its `since_seq` and then every live event,
+with no gap and no duplicate. Stages, sections and the final event are stored before anyone
+sees them; token deltas are delivered at once and written in batches, at the latest with the
+run's next stored event or after `delta_flush_seconds`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -15,17 +18,18 @@ from typing import Any
 
 import aiohttp
 
-from agents.base import Agent, AgentError, RunContext
+from agents.base import Agent, AgentError, Publisher, RunContext
 from agents.egress import fetch_session
+from agents.llm import LLMProvider, Usage
 from models.records import EventType, RunRecord, RunStatus, RunUpdate, StoredRunEvent
-from models.store import EventWrite, Store
+from models.store import EventWrite, Store, utc_now
 from server.metrics import Metrics
 from server.settings import Settings
 
 log = logging.getLogger(__name__)
 
 Emitter = Callable[[RunRecord, StoredRunEvent], Awaitable[None]]
-"""Delivers a stored event to the run's Socket.IO subscribers."""
+"""Delivers an event to the run's Socket.IO subscribers."""
 
 INTERRUPTED = {"code": "interrupted", "message": "the server stopped while this run was in progress"}
 
@@ -34,15 +38,26 @@ INTERRUPTED = {"code": "interrupted", "message": "the server stopped while this 
 class RunChannel:
     run: RunRecord
     events: list[StoredRunEvent] = field(default_factory=list)
+    unsaved: list[EventWrite] = field(default_factory=list)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     listeners: set[asyncio.Queue[StoredRunEvent]] = field(default_factory=set)
     task: asyncio.Task[None] | None = None
+    flusher: asyncio.TimerHandle | None = None
     closed: bool = False
     shutting_down: bool = False
+    usage: Usage = field(default_factory=Usage)
 
 
 class UnknownAgent(LookupError):
     pass
+
+
+class RunLimitExceeded(Exception):
+    """Starting the run would pass a limit on concurrent runs; the message names which."""
+
+
+class InputTooLarge(ValueError):
+    """The run's input is larger than `agent_max_input_bytes`."""
 
 
 class AgentRuntime:
@@ -50,7 +65,7 @@ class AgentRuntime:
 
     :param store: where runs and their events are kept.
     :param agents: the agents by name.
-    :param settings: limits, passed on to agents too.
+    :param settings: limits and the model endpoint, passed on to agents too.
     :param emit: delivers each event to Socket.IO subscribers.
     :param metrics: run counts by status.
     """
@@ -71,9 +86,13 @@ class AgentRuntime:
         self._slots = asyncio.Semaphore(settings.agent_concurrency)
         self._channels: dict[str, RunChannel] = {}
         self._http: aiohttp.ClientSession | None = None
+        self._background: set[asyncio.Task[None]] = set()
+        self.llm: LLMProvider | None = None
 
     async def __aenter__(self) -> AgentRuntime:
         self._http = fetch_session(self._settings.fetch_allow_private)
+        if self._settings.llm_configured:
+            self.llm = LLMProvider(self._settings)
         await self._fail_interrupted_runs()
         return self
 
@@ -88,6 +107,8 @@ class AgentRuntime:
             await asyncio.wait(tasks, timeout=10)
         if self._http is not None:
             await self._http.close()
+        if self.llm is not None:
+            await self.llm.close()
 
     async def start(
         self,
@@ -99,7 +120,8 @@ class AgentRuntime:
         room: str | None,
         before_start: Callable[[RunRecord], Awaitable[None]] | None = None,
     ) -> RunRecord:
-        """Create a run and queue it; raise UnknownAgent or InvalidInput before anything is stored.
+        """Create a run and queue it. UnknownAgent, InvalidInput, InputTooLarge and
+        RunLimitExceeded are raised before anything is stored.
 
         `before_start` runs after the run is stored and before its first event, which is where
         its first subscribers are added."""
@@ -108,18 +130,35 @@ class AgentRuntime:
             known = ", ".join(sorted(self.agents))
             raise UnknownAgent(f"unknown agent {agent_name!r}; available: {known}")
 
+        self._check_limits(user_id, input)
         parsed = agent.parse_input(input)
         run = await self._store.create_run(
             agent=agent_name, user_id=user_id, user_name=user_name, room=room, input=parsed
         )
         channel = RunChannel(run)
         self._channels[run.id] = channel
+        self._metrics.run_moved(None, run.status.value)
         if before_start is not None:
             await before_start(run)
-        self._metrics.run_moved(None, run.status.value)
         channel.task = asyncio.create_task(self._execute(channel, agent), name=f"run-{run.id}")
         log.info("run %s queued: agent=%s user=%s room=%s", run.id, agent_name, user_id, room)
         return run
+
+    def _check_limits(self, user_id: str, input: dict[str, Any]) -> None:
+        settings = self._settings
+        size = len(json.dumps(input, ensure_ascii=False).encode())
+        if size > settings.agent_max_input_bytes:
+            raise InputTooLarge(f"input is {size} bytes; the limit is {settings.agent_max_input_bytes}")
+
+        if len(self._channels) >= settings.agent_max_runs:
+            raise RunLimitExceeded(
+                f"the server is running {len(self._channels)} runs, its limit; try again later"
+            )
+        mine = sum(1 for channel in self._channels.values() if channel.run.user_id == user_id)
+        if mine >= settings.agent_max_runs_per_user:
+            raise RunLimitExceeded(
+                f"you have {mine} runs in progress, the limit per user; wait for one to finish"
+            )
 
     def cancel(self, run_id: str) -> bool:
         """Stop an active run; return False when it is not running in this process."""
@@ -146,8 +185,8 @@ class AgentRuntime:
         replay: Callable[[list[StoredRunEvent]], Awaitable[None]],
         go_live: Callable[[], Awaitable[None]] | None = None,
     ) -> RunRecord | None:
-        """Hand `replay` every stored event after `since_seq`, then call `go_live` if the run
-        is still producing events. Return the run, or None when there is no such run."""
+        """Hand `replay` every event after `since_seq`, then call `go_live` if the run is still
+        producing events. Return the run, or None when there is no such run."""
         channel = self._channels.get(run_id)
         if channel is not None:
             async with channel.lock:
@@ -173,17 +212,19 @@ class AgentRuntime:
 
     async def _execute(self, channel: RunChannel, agent: Agent) -> None:
         run = channel.run
+        budget = self._settings.agent_run_timeout_seconds
         try:
             async with self._slots:
                 context = self._context_for(channel)
-                await self._publish(
-                    channel,
-                    EventType.STAGE,
-                    {"stage": "started", "label": "Started", "progress": 0.0},
-                    RunStatus.RUNNING,
-                )
-                await agent.run(context)
+                started = {"stage": "started", "label": "Started", "progress": 0.0}
+                await self._publish(channel, EventType.STAGE, started, RunStatus.RUNNING)
+                async with asyncio.timeout(budget):
+                    await agent.run(context)
                 await self._finish(channel, RunStatus.COMPLETED, None)
+        except TimeoutError:
+            message = f"the run exceeded its time budget of {budget:g} s"
+            log.info("run %s timed out after %g s", run.id, budget)
+            await self._finish(channel, RunStatus.FAILED, {"code": "timeout", "message": message})
         except asyncio.CancelledError:
             if channel.shutting_down:
                 await self._finish(channel, RunStatus.FAILED, INTERRUPTED)
@@ -194,9 +235,8 @@ class AgentRuntime:
             await self._finish(channel, RunStatus.FAILED, {"code": exc.code, "message": exc.message})
         except Exception:
             log.exception("run %s crashed", run.id)
-            await self._finish(
-                channel, RunStatus.FAILED, {"code": "internal", "message": "the agent failed unexpectedly"}
-            )
+            error = {"code": "internal", "message": "the agent failed unexpectedly"}
+            await self._finish(channel, RunStatus.FAILED, error)
         finally:
             self._channels.pop(run.id, None)
 
@@ -204,13 +244,19 @@ class AgentRuntime:
         assert self._http is not None
         run = channel.run
 
-        async def publish_stage(stage: str, label: str, progress: float) -> None:
+        async def stage(stage: str, label: str, progress: float) -> None:
             payload = {"stage": stage, "label": label, "progress": progress}
             await self._publish(channel, EventType.STAGE, payload, RunStatus.RUNNING)
 
-        async def publish_section(index: int, title: str, content: str) -> None:
+        async def section(index: int, title: str, content: str) -> None:
             payload = {"index": index, "title": title, "content": content}
             await self._publish(channel, EventType.SECTION, payload, RunStatus.RUNNING)
+
+        async def delta(index: int, text: str) -> None:
+            await self._publish(channel, EventType.DELTA, {"index": index, "delta": text}, RunStatus.RUNNING)
+
+        def usage(used: Usage) -> None:
+            channel.usage = channel.usage + used
 
         return RunContext(
             run_id=run.id,
@@ -219,8 +265,8 @@ class AgentRuntime:
             room=run.room,
             settings=self._settings,
             http=self._http,
-            publish_stage=publish_stage,
-            publish_section=publish_section,
+            llm=self.llm,
+            publisher=Publisher(stage, section, delta, usage),
         )
 
     async def _finish(self, channel: RunChannel, status: RunStatus, error: dict[str, Any] | None) -> None:
@@ -252,26 +298,72 @@ class AgentRuntime:
             label = payload.get("label", run.label)
             progress = float(payload.get("progress", run.progress))
             full = {**payload, "status": status.value, "stage": stage, "progress": progress}
-            update = RunUpdate(status, stage, label, progress, payload.get("error"))
-
+            usage = (
+                channel.usage.to_wire()
+                if channel.usage.completion_tokens or channel.usage.prompt_tokens
+                else None
+            )
+            update = RunUpdate(status, stage, label, progress, payload.get("error"), usage)
             write = EventWrite(run.id, run.last_seq + 1, type, full, update)
-            event = await self._store.append_run_event(write)
 
-            previous = run.status
-            run.last_seq = event.seq
-            run.status, run.stage, run.label, run.progress = status, stage, label, progress
-            run.error = update.error
-            run.updated_at = event.created_at
-            if status.finished:
-                run.finished_at = event.created_at
-                channel.closed = True
-            if previous is not status:
-                self._metrics.run_moved(previous.value, status.value)
+            if type is EventType.DELTA:
+                event = StoredRunEvent(run.id, write.seq, type, full, utc_now())
+                channel.unsaved.append(write)
+                self._schedule_flush(channel)
+            else:
+                batch = [*channel.unsaved, write]
+                channel.unsaved = []
+                event = (await self._store.append_run_events(batch))[-1]
 
+            self._apply(channel, event, update)
             channel.events.append(event)
             for queue in channel.listeners:
                 queue.put_nowait(event)
             await self._emit(run, event)
+
+    def _apply(self, channel: RunChannel, event: StoredRunEvent, update: RunUpdate) -> None:
+        run = channel.run
+        previous = run.status
+        run.last_seq = event.seq
+        run.status, run.stage, run.label, run.progress = (
+            update.status,
+            update.stage,
+            update.label,
+            update.progress,
+        )
+        run.error = update.error
+        run.usage = update.usage
+        run.updated_at = event.created_at
+        if update.status.finished:
+            run.finished_at = event.created_at
+            channel.closed = True
+        if previous is not update.status:
+            self._metrics.run_moved(previous.value, update.status.value)
+
+    def _schedule_flush(self, channel: RunChannel) -> None:
+        if channel.flusher is not None:
+            return
+        loop = asyncio.get_running_loop()
+        delay = self._settings.delta_flush_seconds
+        channel.flusher = loop.call_later(delay, self._start_flush, channel)
+
+    def _start_flush(self, channel: RunChannel) -> None:
+        task = asyncio.create_task(self._flush(channel), name=f"flush-{channel.run.id}")
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _flush(self, channel: RunChannel) -> None:
+        async with channel.lock:
+            channel.flusher = None
+            batch, channel.unsaved = channel.unsaved, []
+            if not batch:
+                return
+            try:
+                await self._store.append_run_events(batch)
+            except Exception:
+                # They go back in front, to be written with the run's next stored event.
+                channel.unsaved = batch + channel.unsaved
+                log.exception("run %s: storing %d deltas failed; will retry", channel.run.id, len(batch))
 
     async def _fail_interrupted_runs(self) -> None:
         # NOTE: this assumes one process owns every run; with several processes sharing a

@@ -23,9 +23,11 @@ class StoredMessage:
     text: str
     client_id: str
     created_at: datetime
+    status: str | None = None
+    """None for an ordinary message; `stopped` or `failed` for a streamed reply that ended early."""
 
     def to_wire(self) -> dict[str, Any]:
-        return {
+        wire = {
             "id": self.id,
             "room": self.room,
             "seq": self.seq,
@@ -34,6 +36,9 @@ class StoredMessage:
             "client_id": self.client_id,
             "created_at": iso_utc(self.created_at),
         }
+        if self.status is not None:
+            wire["status"] = self.status
+        return wire
 
 
 class RunStatus(StrEnum):
@@ -51,6 +56,7 @@ class RunStatus(StrEnum):
 class EventType(StrEnum):
     STAGE = "stage"
     SECTION = "section"
+    DELTA = "delta"
     DONE = "done"
 
 
@@ -84,6 +90,7 @@ class RunRecord:
     created_at: datetime
     updated_at: datetime
     finished_at: datetime | None
+    usage: dict[str, int] | None = None
 
     def summary(self) -> dict[str, Any]:
         return {"id": self.id, "agent": self.agent, "status": self.status.value}
@@ -100,6 +107,7 @@ class RunRecord:
             "room": self.room,
             "user": {"id": self.user_id, "name": self.user_name},
             "last_seq": self.last_seq,
+            "usage": self.usage,
             "created_at": iso_utc(self.created_at),
             "updated_at": iso_utc(self.updated_at),
             "finished_at": iso_utc(self.finished_at) if self.finished_at else None,
@@ -115,3 +123,4 @@ class RunUpdate:
     label: str | None
     progress: float
     error: dict[str, Any] | None = None
+    usage: dict[str, int] | None = None

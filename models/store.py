@@ -58,6 +58,7 @@ class MessageWrite:
     user_name: str
     text: str
     client_id: str
+    status: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +113,7 @@ class Store:
             on_commit=report("messages"),
             after_commit=self._announce_messages,
         )
-        self._events: GroupCommitter[EventWrite] = GroupCommitter(
+        self._events: GroupCommitter[list[EventWrite]] = GroupCommitter(
             engine,
             _apply_events,
             name="run_events",
@@ -231,8 +232,14 @@ class Store:
 
     async def append_run_event(self, write: EventWrite) -> StoredRunEvent:
         """Store one run event and the run's new state in the same transaction."""
-        event: StoredRunEvent = await self._events.submit(write)
+        [event] = await self.append_run_events([write])
         return event
+
+    async def append_run_events(self, writes: list[EventWrite]) -> list[StoredRunEvent]:
+        """Store consecutive events of runs, and each run's state after its last one, in one
+        transaction."""
+        events: list[StoredRunEvent] = await self._events.submit(writes)
+        return events
 
     async def run_events_after(
         self, run_id: str, since_seq: int, limit: int = 10_000
@@ -297,6 +304,7 @@ async def _apply_messages(connection: AsyncConnection, writes: Sequence[MessageW
                     text=write.text,
                     client_id=write.client_id,
                     created_at=now,
+                    status=write.status,
                 )
                 results[index] = AppendResult(message, created=True)
                 rows.append(_message_row(message))
@@ -340,8 +348,9 @@ async def _reserve_seqs(connection: AsyncConnection, counts: dict[str, int]) -> 
     return {row.name: int(row.last_seq) for row in rows}
 
 
-async def _apply_events(connection: AsyncConnection, writes: Sequence[EventWrite]) -> list[Any]:
+async def _apply_events(connection: AsyncConnection, groups: Sequence[list[EventWrite]]) -> list[Any]:
     now = utc_now()
+    writes = [write for group in groups for write in group]
     rows = [
         {"run_id": w.run_id, "seq": w.seq, "type": w.type.value, "payload": w.payload, "created_at": now}
         for w in writes
@@ -364,9 +373,11 @@ async def _apply_events(connection: AsyncConnection, writes: Sequence[EventWrite
         }
         if state.status.finished:
             values["finished_at"] = now
+        if state.usage is not None:
+            values["usage"] = state.usage
         await connection.execute(update(runs_t).where(runs_t.c.id == run_id).values(**values))
 
-    return [StoredRunEvent(w.run_id, w.seq, w.type, w.payload, now) for w in writes]
+    return [[StoredRunEvent(w.run_id, w.seq, w.type, w.payload, now) for w in group] for group in groups]
 
 
 def _message_row(message: StoredMessage) -> dict[str, Any]:
@@ -379,6 +390,7 @@ def _message_row(message: StoredMessage) -> dict[str, Any]:
         "text": message.text,
         "client_id": message.client_id,
         "created_at": message.created_at,
+        "status": message.status,
     }
 
 
@@ -392,6 +404,7 @@ def _message_from_row(row: Row[Any]) -> StoredMessage:
         text=row.text,
         client_id=row.client_id,
         created_at=row.created_at,
+        status=row.status,
     )
 
 
@@ -416,4 +429,5 @@ def _run_from_row(row: Row[Any]) -> RunRecord:
         created_at=row.created_at,
         updated_at=row.updated_at,
         finished_at=row.finished_at,
+        usage=row.usage,
     )

@@ -64,6 +64,8 @@ class Message(Base):
     text: Mapped[str] = mapped_column(Text)
     client_id: Mapped[str] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    status: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    """None for an ordinary message; `stopped` or `failed` for a streamed reply that ended early."""
 
 
 class Run(Base):
@@ -82,6 +84,7 @@ class Run(Base):
     progress: Mapped[float] = mapped_column(Float, default=0.0)
     error: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     last_seq: Mapped[int] = mapped_column(BigInteger, default=0)
+    usage: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)

@@ -20,6 +20,7 @@ from server.keys import CHAT, METRICS, RUNTIME, SECRET, SETTINGS, SIO, STORE
 from server.metrics import Metrics
 from server.presence import MemoryPresence
 from server.settings import Settings
+from server.streams import RoomAssistant
 
 log = logging.getLogger(__name__)
 
@@ -75,9 +76,12 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     app[STORE], app[CHAT], app[RUNTIME] = store, chat, runtime
 
     async with store, runtime:
+        assistant = RoomAssistant(settings, store, chat.broadcast_delta, chat.publish_message, runtime.llm)
+        chat.assistant = assistant
         log.info("huddle ready: database=%s agents=%s", engine.url.render_as_string(), sorted(runtime.agents))
         yield
         log.info("huddle stopping")
+        await assistant.close()
     await engine.dispose()
 
 

@@ -13,7 +13,7 @@ import socketio
 from pydantic import BaseModel, ValidationError
 
 from agents.base import InvalidInput
-from agents.runtime import AgentRuntime, UnknownAgent
+from agents.runtime import AgentRuntime, InputTooLarge, RunLimitExceeded, UnknownAgent
 from models.records import RunRecord, StoredMessage, StoredRunEvent
 from models.store import AppendResult, MessageWrite, RoomNotFound, Store
 from server import schemas
@@ -24,6 +24,7 @@ from server.metrics import Metrics
 from server.presence import Member, MemoryPresence
 from server.ratelimit import TokenBucket
 from server.settings import Settings
+from server.streams import RoomAssistant
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,7 @@ class ChatNamespace(socketio.AsyncNamespace):
         self.presence = presence
         self.metrics = metrics
         self.runtime: AgentRuntime | None = None
+        self.assistant: RoomAssistant | None = None
         self.catch_up = CatchUpTracker()
         store.message_listeners.append(self.catch_up.committed)
         self._clients: dict[str, Client] = {}
@@ -74,6 +76,8 @@ class ChatNamespace(socketio.AsyncNamespace):
             "room:leave": (schemas.LeaveRoom, self.leave_room),
             "room:history": (schemas.RoomHistory, self.room_history),
             "message:send": (schemas.SendMessage, self.send_message),
+            "message:resume": (schemas.ResumeStream, self.resume_stream),
+            "message:stop": (schemas.StopStream, self.stop_stream),
             "typing": (schemas.Typing, self.typing),
             "agent:start": (schemas.StartAgent, self.start_agent),
             "agent:subscribe": (schemas.SubscribeRun, self.subscribe_run),
@@ -167,6 +171,7 @@ class ChatNamespace(socketio.AsyncNamespace):
         last_seq = await self.store.ensure_room(room)
         await self.enter_room(client.sid, room)
         window = self.catch_up.open_window(room)
+        streams = [stream.to_wire() for stream in self._streams_in(room)]
         try:
             missed, has_more = await self._missed(room, payload.since_seq)
             missed = self.catch_up.still_missing(window, missed)
@@ -189,6 +194,7 @@ class ChatNamespace(socketio.AsyncNamespace):
             "missed": [m.to_wire() for m in missed],
             "has_more": has_more,
             "runs": [run.summary() for run in self._active_runs(room)],
+            "streams": streams,
         }
 
     async def _missed(self, room: str, since_seq: int | None) -> tuple[list[StoredMessage], bool]:
@@ -265,10 +271,57 @@ class ChatNamespace(socketio.AsyncNamespace):
 
         message = result.message
         if result.created:
-            self.metrics.messages_stored.inc()
-            self.catch_up.broadcasting(message)
-            await self.emit("message:new", message.to_wire(), room=payload.room, skip_sid=client.sid)
+            await self.publish_message(message, skip_sid=client.sid)
+            self._maybe_start_reply(message)
         return {"ok": True, "message": message.to_wire(), "duplicate": not result.created}
+
+    async def publish_message(self, message: StoredMessage, skip_sid: str | None = None) -> None:
+        """Broadcast a newly stored message as `message:new` to its room."""
+        self.metrics.messages_stored.inc()
+        self.catch_up.broadcasting(message)
+        await self.emit("message:new", message.to_wire(), room=message.room, skip_sid=skip_sid)
+
+    def _maybe_start_reply(self, message: StoredMessage) -> None:
+        if self.assistant is None:
+            return
+        name = self.assistant.mentioned(message)
+        if name is not None:
+            self.assistant.start(message, name)
+
+    def _streams_in(self, room: str) -> list[Any]:
+        return [] if self.assistant is None else self.assistant.active_in(room)
+
+    async def broadcast_delta(self, room: str, payload: dict[str, Any]) -> None:
+        await self.emit("message:delta", payload, room=room)
+
+    async def resume_stream(self, client: Client, payload: schemas.ResumeStream) -> dict[str, Any]:
+        self._require_member(client, payload.room)
+        stream = None if self.assistant is None else self.assistant.get(payload.room, payload.stream_id)
+        if stream is None:
+            raise HuddleError(
+                ErrorCode.NOT_FOUND,
+                f"no reply {payload.stream_id!r} is streaming in {payload.room!r}; a finished reply "
+                "is an ordinary message with client_id equal to the stream id",
+            )
+        deltas = stream.deltas[payload.from_index :]
+        return {
+            "ok": True,
+            "stream_id": stream.stream_id,
+            "from_index": payload.from_index,
+            "deltas": [{"index": payload.from_index + i, "delta": d} for i, d in enumerate(deltas)],
+            "next_index": len(stream.deltas),
+        }
+
+    async def stop_stream(self, client: Client, payload: schemas.StopStream) -> dict[str, Any]:
+        self._require_member(client, payload.room)
+        stream = None if self.assistant is None else self.assistant.get(payload.room, payload.stream_id)
+        if stream is None or self.assistant is None:
+            raise HuddleError(
+                ErrorCode.NOT_FOUND, f"no reply {payload.stream_id!r} is streaming in {payload.room!r}"
+            )
+        self.assistant.stop(stream)
+        log.info("reply %s stopped by user=%s", stream.stream_id, client.identity.user_id)
+        return {"ok": True, "stream_id": stream.stream_id}
 
     async def typing(self, client: Client, payload: schemas.Typing) -> dict[str, Any]:
         self._require_member(client, payload.room)
@@ -305,6 +358,10 @@ class ChatNamespace(socketio.AsyncNamespace):
             raise HuddleError(ErrorCode.NOT_FOUND, str(exc)) from exc
         except InvalidInput as exc:
             raise HuddleError(ErrorCode.INVALID_ARGUMENT, str(exc)) from exc
+        except RunLimitExceeded as exc:
+            raise HuddleError(ErrorCode.RATE_LIMITED, str(exc)) from exc
+        except InputTooLarge as exc:
+            raise HuddleError(ErrorCode.PAYLOAD_TOO_LARGE, str(exc)) from exc
         return {"ok": True, "run": run.summary()}
 
     async def _add_subscribers(self, sid: str, run: RunRecord) -> None:

@@ -12,7 +12,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from agents.base import InvalidInput
-from agents.runtime import AgentRuntime, UnknownAgent
+from agents.runtime import AgentRuntime, InputTooLarge, RunLimitExceeded, UnknownAgent
 from models.records import EventType, RunRecord, StoredRunEvent
 from server import schemas
 from server.auth import Identity, verify_token
@@ -75,6 +75,10 @@ async def create_report(request: web.Request) -> web.Response:
         raise HuddleError(ErrorCode.INVALID_ARGUMENT, schemas.describe_validation_error(exc)) from exc
     except (InvalidInput, UnknownAgent) as exc:
         raise HuddleError(ErrorCode.INVALID_ARGUMENT, str(exc)) from exc
+    except RunLimitExceeded as exc:
+        raise HuddleError(ErrorCode.RATE_LIMITED, str(exc)) from exc
+    except InputTooLarge as exc:
+        raise HuddleError(ErrorCode.PAYLOAD_TOO_LARGE, str(exc)) from exc
 
     location = f"/api/reports/{run.id}"
     return web.json_response({"run": run.to_wire()}, status=201, headers={"Location": location})

@@ -44,6 +44,17 @@ class SendMessage(Payload):
     client_id: Annotated[str, StringConstraints(min_length=1, max_length=128)]
 
 
+class ResumeStream(Payload):
+    room: RoomName
+    stream_id: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    from_index: Annotated[int, Field(ge=0)] = 0
+
+
+class StopStream(Payload):
+    room: RoomName
+    stream_id: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+
+
 class Typing(Payload):
     room: RoomName
     typing: bool

@@ -75,10 +75,48 @@ class Settings(BaseSettings):
     openai_api_key: str | None = Field(default=None, alias="OPENAI_API_KEY")
     openai_base_url: str | None = Field(default=None, alias="OPENAI_BASE_URL")
     llm_model: str = "gpt-4o-mini"
+    """The model agents use unless they name another."""
+
+    llm_request_timeout_seconds: float = 60.0
+    """Longest wait for the model's first byte and between two chunks of its stream."""
+
+    llm_max_retries: int = 3
+    """Retries of a model request that failed before its first token (429, 5xx, network)."""
+
+    llm_retry_max_wait_seconds: float = 30.0
+    """Longest pause before a retry, even when the server's Retry-After asks for more."""
+
+    agent_run_timeout_seconds: float = 600.0
+    """Time budget of one run, from its start to its end, queueing excluded."""
+
+    agent_max_runs: int = 100
+    """Runs queued or running in this process at once; more are rejected with `rate_limited`."""
+
+    agent_max_runs_per_user: int = 5
+    """Runs one user may have queued or running at once."""
+
+    agent_max_input_bytes: int = 1_100_000
+    """Largest run input, as JSON in UTF-8 bytes."""
+
+    agent_plugins: Annotated[list[str], NoDecode] = []
+    """Extra agent classes as `package.module:ClassName`, comma-separated, besides the
+    `huddle.agents` entry points."""
+
+    delta_flush_seconds: float = 0.1
+    """How long streamed deltas may wait in memory before they are written in one transaction."""
+
+    assistant_names: Annotated[list[str], NoDecode] = ["assistant"]
+    """Names that, mentioned as `@name` in a message, start an in-room assistant reply."""
+
+    assistant_history_messages: int = 30
+    """Recent room messages given to the assistant as context."""
+
+    assistant_offline_delay_seconds: float = 0.03
+    """Pause between the words of an offline answer, so that it streams like a model's."""
 
     log_level: str = "INFO"
 
-    @field_validator("cors_origins", mode="before")
+    @field_validator("cors_origins", "assistant_names", "agent_plugins", mode="before")
     @classmethod
     def _split_origins(cls, value: object) -> object:
         if not isinstance(value, str):

@@ -58,7 +58,9 @@ def error_of(body: bytes) -> dict[str, str]:
 def test_bad_requests_get_json_errors(
     huddle_server: HuddleServer, method: str, path: str, body: bytes | None, status: int, code: str
 ) -> None:
-    got_status, headers, got_body = request(huddle_server, method, path, body=body, headers=bearer(huddle_server))
+    got_status, headers, got_body = request(
+        huddle_server, method, path, body=body, headers=bearer(huddle_server)
+    )
     assert got_status == status
     assert headers["Content-Type"].startswith("application/json")
     assert error_of(got_body)["code"] == code
@@ -67,7 +69,12 @@ def test_bad_requests_get_json_errors(
 
 @pytest.mark.parametrize(
     "headers",
-    [{}, {"Authorization": "Bearer nonsense"}, {"Authorization": "Basic abc"}, {"Cookie": "huddle_token=bad"}],
+    [
+        {},
+        {"Authorization": "Bearer nonsense"},
+        {"Authorization": "Basic abc"},
+        {"Cookie": "huddle_token=bad"},
+    ],
 )
 def test_requests_without_valid_token_get_401(huddle_server: HuddleServer, headers: dict[str, str]) -> None:
     status, _, body = request(huddle_server, "GET", "/api/reports/x", headers=headers)
@@ -84,7 +91,9 @@ def test_expired_token_says_so(huddle_server: HuddleServer) -> None:
 
 def test_token_accepted_from_cookie_and_query(huddle_server: HuddleServer) -> None:
     token = huddle_server.token("ann")
-    by_cookie, _, _ = request(huddle_server, "GET", "/api/reports/x", headers={"Cookie": f"huddle_token={token}"})
+    by_cookie, _, _ = request(
+        huddle_server, "GET", "/api/reports/x", headers={"Cookie": f"huddle_token={token}"}
+    )
     by_query, _, _ = request(huddle_server, "GET", f"/api/reports/x?token={token}")
     assert by_cookie == 404
     assert by_query == 404
@@ -106,7 +115,9 @@ def test_oversized_body_gets_413(huddle_server: HuddleServer) -> None:
 
 def test_report_created_with_location(huddle_server: HuddleServer) -> None:
     body = json.dumps({"text": "Short text. Another sentence."}).encode()
-    status, headers, got = request(huddle_server, "POST", "/api/reports", body=body, headers=bearer(huddle_server))
+    status, headers, got = request(
+        huddle_server, "POST", "/api/reports", body=body, headers=bearer(huddle_server)
+    )
     run = json.loads(got)["run"]
     assert status == 201
     assert headers["Location"] == f"/api/reports/{run['id']}"
@@ -115,9 +126,13 @@ def test_report_created_with_location(huddle_server: HuddleServer) -> None:
 
 def test_other_user_cannot_read_a_report(huddle_server: HuddleServer) -> None:
     body = json.dumps({"text": "Private text. Not for others."}).encode()
-    _, _, got = request(huddle_server, "POST", "/api/reports", body=body, headers=bearer(huddle_server, "ann"))
+    _, _, got = request(
+        huddle_server, "POST", "/api/reports", body=body, headers=bearer(huddle_server, "ann")
+    )
     run_id = json.loads(got)["run"]["id"]
-    status, _, _ = request(huddle_server, "GET", f"/api/reports/{run_id}", headers=bearer(huddle_server, "eve"))
+    status, _, _ = request(
+        huddle_server, "GET", f"/api/reports/{run_id}", headers=bearer(huddle_server, "eve")
+    )
     admin, _, _ = request(
         huddle_server, "GET", f"/api/reports/{run_id}", headers=bearer(huddle_server, "root", roles=["admin"])
     )
@@ -163,7 +178,9 @@ def test_metrics_names(huddle_server: HuddleServer) -> None:
 
 async def connect(server: HuddleServer, user: str = "ann") -> socketio.AsyncClient:
     client = socketio.AsyncClient(reconnection=False)
-    await client.connect(server.url, auth={"token": server.token(user)}, transports=["websocket"], wait_timeout=10)
+    await client.connect(
+        server.url, auth={"token": server.token(user)}, transports=["websocket"], wait_timeout=10
+    )
     return client
 
 

@@ -305,9 +305,7 @@ async def test_fetch_sends_user_agent(base_url: str, session: aiohttp.ClientSess
     assert received == ["ReportTest/1.0"]
 
 
-async def test_short_redirect_chain_final_url(
-    base_url: str, session: aiohttp.ClientSession
-) -> None:
+async def test_short_redirect_chain_final_url(base_url: str, session: aiohttp.ClientSession) -> None:
     page = await fetch_page(f"{base_url}/chain/2", session=session, max_redirects=5)
 
     assert page.url == f"{base_url}/article"
@@ -319,9 +317,7 @@ async def test_short_redirect_chain_text(base_url: str, session: aiohttp.ClientS
     assert page.text == ARTICLE_HTML
 
 
-async def test_redirects_up_to_limit_followed(
-    base_url: str, session: aiohttp.ClientSession
-) -> None:
+async def test_redirects_up_to_limit_followed(base_url: str, session: aiohttp.ClientSession) -> None:
     page = await fetch_page(f"{base_url}/chain/3", session=session, max_redirects=3)
 
     assert page.url == f"{base_url}/article"
@@ -333,9 +329,7 @@ async def test_redirects_one_over_limit(base_url: str, session: aiohttp.ClientSe
     assert error.code == "fetch_failed"
 
 
-async def test_zero_redirects_rejects_redirect(
-    base_url: str, session: aiohttp.ClientSession
-) -> None:
+async def test_zero_redirects_rejects_redirect(base_url: str, session: aiohttp.ClientSession) -> None:
     error = await fetch_error(f"{base_url}/chain/1", session, max_redirects=0)
 
     assert error.code == "fetch_failed"
@@ -377,9 +371,7 @@ async def test_not_found_message_url(base_url: str, session: aiohttp.ClientSessi
     assert f"{base_url}/missing" in error.message
 
 
-async def test_error_message_hides_password(
-    base_url: str, session: aiohttp.ClientSession
-) -> None:
+async def test_error_message_hides_password(base_url: str, session: aiohttp.ClientSession) -> None:
     error = await fetch_error(base_url.replace("://", "://reader:s3cret@") + "/missing", session)
 
     assert "s3cret" not in error.message
@@ -415,26 +407,20 @@ async def test_declared_length_over_limit(base_url: str, session: aiohttp.Client
     assert error.code == "too_large"
 
 
-async def test_declared_length_rejected_early(
-    base_url: str, session: aiohttp.ClientSession
-) -> None:
+async def test_declared_length_rejected_early(base_url: str, session: aiohttp.ClientSession) -> None:
     error = await fetch_error(f"{base_url}/declared-large", session, max_bytes=SMALL_LIMIT)
 
     assert "declares" in error.message
 
 
-async def test_decompressed_body_over_limit(
-    base_url: str, session: aiohttp.ClientSession
-) -> None:
+async def test_decompressed_body_over_limit(base_url: str, session: aiohttp.ClientSession) -> None:
     error = await fetch_error(f"{base_url}/gzip-bomb", session, max_bytes=SMALL_LIMIT)
 
     assert error.code == "too_large"
 
 
 async def test_body_at_limit_accepted(base_url: str, session: aiohttp.ClientSession) -> None:
-    page = await fetch_page(
-        f"{base_url}/declared-large", session=session, max_bytes=SMALL_LIMIT * 3
-    )
+    page = await fetch_page(f"{base_url}/declared-large", session=session, max_bytes=SMALL_LIMIT * 3)
 
     assert len(page.text) == SMALL_LIMIT * 3
 
@@ -549,9 +535,7 @@ async def test_fetch_then_extract_links(base_url: str, session: aiohttp.ClientSe
 
 
 def test_fetched_page_is_frozen() -> None:
-    page = FetchedPage(
-        url="http://127.0.0.1/", status=200, content_type="text/plain", charset=None, text=""
-    )
+    page = FetchedPage(url="http://127.0.0.1/", status=200, content_type="text/plain", charset=None, text="")
 
     with pytest.raises(AttributeError):
         page.status = 500  # type: ignore[misc]
@@ -837,17 +821,14 @@ def test_summary_japanese_not_empty() -> None:
 
 
 def test_key_points_count() -> None:
-    text = "\n\n".join(
-        f"Paragraph {n} describes broker room number {n} in some detail." for n in range(8)
-    )
+    text = "\n\n".join(f"Paragraph {n} describes broker room number {n} in some detail." for n in range(8))
 
     assert len(key_points(document_from_text(text), max_points=5)) == 5
 
 
 def test_key_points_one_per_paragraph() -> None:
     text = (
-        "Brokers route room messages. Brokers route room messages fast.\n\n"
-        "Members join rooms on the broker."
+        "Brokers route room messages. Brokers route room messages fast.\n\nMembers join rooms on the broker."
     )
 
     points = key_points(document_from_text(text), max_points=5)
@@ -949,9 +930,7 @@ def test_sections_titles_and_order(article_doc: Document) -> None:
 
 @pytest.mark.parametrize("text", ["", "   ", "... ???"])
 def test_sections_empty_titles(text: str) -> None:
-    assert [section.title for section in build_sections(document_from_text(text))] == (
-        SECTION_TITLES
-    )
+    assert [section.title for section in build_sections(document_from_text(text))] == (SECTION_TITLES)
 
 
 def test_sections_empty_summary() -> None:
