@@ -1,10 +1,9 @@
-"""Runs agents in a bounded pool, stores every run event and fans it out in order.
+"""Runs agents in a bounded pool, stores every run event and hands it to the emitter in order.
 
-Each active run has a channel. Publishing an event and attaching a subscriber both hold the
-channel's lock, so a subscriber gets the events after its `since_seq` and then every live event,
-with no gap and no duplicate. Stages, sections and the final event are stored before anyone
-sees them; token deltas are delivered at once and written in batches, at the latest with the
-run's next stored event or after `delta_flush_seconds`.
+Stages, sections and the final event are stored before anyone sees them; token deltas are
+delivered at once and written in batches, at the latest with the run's next stored event or
+after `delta_flush_seconds`. While a run is active here its events are also kept in memory,
+which is where `history` reads them, unflushed deltas included.
 """
 
 from __future__ import annotations
@@ -40,7 +39,6 @@ class RunChannel:
     events: list[StoredRunEvent] = field(default_factory=list)
     unsaved: list[EventWrite] = field(default_factory=list)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    listeners: set[asyncio.Queue[StoredRunEvent]] = field(default_factory=set)
     task: asyncio.Task[None] | None = None
     flusher: asyncio.TimerHandle | None = None
     closed: bool = False
@@ -178,37 +176,17 @@ class AgentRuntime:
     def active_runs_in(self, room: str) -> list[RunRecord]:
         return [channel.run for channel in self._channels.values() if channel.run.room == room]
 
-    async def attach(
-        self,
-        run_id: str,
-        since_seq: int,
-        replay: Callable[[list[StoredRunEvent]], Awaitable[None]],
-        go_live: Callable[[], Awaitable[None]] | None = None,
-    ) -> RunRecord | None:
-        """Hand `replay` every event after `since_seq`, then call `go_live` if the run is still
-        producing events. Return the run, or None when there is no such run."""
+    async def history(self, run_id: str, since_seq: int) -> tuple[RunRecord | None, list[StoredRunEvent]]:
+        """Return the run and its events after `since_seq`: from memory while it runs here,
+        else from the store."""
         channel = self._channels.get(run_id)
         if channel is not None:
-            async with channel.lock:
-                if not channel.closed:
-                    await replay([event for event in channel.events if event.seq > since_seq])
-                    if go_live is not None:
-                        await go_live()
-                    return channel.run
+            return channel.run, [event for event in channel.events if event.seq > since_seq]
 
         run = await self._store.get_run(run_id)
         if run is None:
-            return None
-        await replay(await self._store.run_events_after(run_id, since_seq))
-        return run
-
-    def listen(self, run_id: str, queue: asyncio.Queue[StoredRunEvent]) -> Callable[[], None]:
-        """Add a queue that receives the run's live events; return the function that removes it."""
-        channel = self._channels.get(run_id)
-        if channel is None:
-            return lambda: None
-        channel.listeners.add(queue)
-        return lambda: channel.listeners.discard(queue)
+            return None, []
+        return run, await self._store.run_events_after(run_id, since_seq)
 
     async def _execute(self, channel: RunChannel, agent: Agent) -> None:
         run = channel.run
@@ -317,8 +295,6 @@ class AgentRuntime:
 
             self._apply(channel, event, update)
             channel.events.append(event)
-            for queue in channel.listeners:
-                queue.put_nowait(event)
             await self._emit(run, event)
 
     def _apply(self, channel: RunChannel, event: StoredRunEvent, update: RunUpdate) -> None:

@@ -15,6 +15,7 @@ from models.database import create_engine, migrate
 from models.store import Store
 from server.auth import load_or_create_secret
 from server.chat import ChatNamespace
+from server.delivery import DeliveryManager
 from server.http_api import install_cors, json_errors, routes
 from server.keys import CHAT, METRICS, RUNTIME, SECRET, SETTINGS, SIO, STORE
 from server.metrics import Metrics
@@ -42,6 +43,7 @@ def create_app(settings: Settings | None = None) -> web.Application:
     origins: Any = "*" if "*" in settings.cors_origins else settings.cors_origins
     sio = socketio.AsyncServer(
         async_mode="aiohttp",
+        client_manager=DeliveryManager(),
         cors_allowed_origins=origins,
         cors_credentials=True,
         max_http_buffer_size=settings.max_payload_bytes * TRANSPORT_HEADROOM,

@@ -18,10 +18,10 @@ from models.records import RunRecord, StoredMessage, StoredRunEvent
 from models.store import AppendResult, MessageWrite, RoomNotFound, Store
 from server import schemas
 from server.auth import Identity, verify_token
-from server.delivery import CatchUpTracker
+from server.delivery import DeliveryHooks
 from server.errors import ErrorCode, HuddleError, error_ack
 from server.metrics import Metrics
-from server.presence import Member, MemoryPresence
+from server.presence import Member, Presence
 from server.ratelimit import TokenBucket
 from server.settings import Settings
 from server.streams import RoomAssistant
@@ -56,7 +56,7 @@ class ChatNamespace(socketio.AsyncNamespace):
         settings: Settings,
         secret: str,
         store: Store,
-        presence: MemoryPresence,
+        presence: Presence,
         metrics: Metrics,
         namespace: str = "/",
     ) -> None:
@@ -68,8 +68,6 @@ class ChatNamespace(socketio.AsyncNamespace):
         self.metrics = metrics
         self.runtime: AgentRuntime | None = None
         self.assistant: RoomAssistant | None = None
-        self.catch_up = CatchUpTracker()
-        store.message_listeners.append(self.catch_up.committed)
         self._clients: dict[str, Client] = {}
         self._handlers: dict[str, tuple[type[BaseModel], Handler]] = {
             "room:join": (schemas.JoinRoom, self.join_room),
@@ -159,6 +157,7 @@ class ChatNamespace(socketio.AsyncNamespace):
         self.metrics.connections.dec()
         for room in list(client.rooms):
             await self._leave(client, room)
+        self.hooks.drop(sid)
         log.debug("disconnected: sid=%s user=%s", sid, client.identity.user_id)
 
     # Rooms
@@ -169,40 +168,61 @@ class ChatNamespace(socketio.AsyncNamespace):
             raise HuddleError(ErrorCode.FORBIDDEN, f"your token does not allow room {room!r}")
 
         last_seq = await self.store.ensure_room(room)
-        await self.enter_room(client.sid, room)
-        window = self.catch_up.open_window(room)
-        streams = [stream.to_wire() for stream in self._streams_in(room)]
-        try:
-            missed, has_more = await self._missed(room, payload.since_seq)
-            missed = self.catch_up.still_missing(window, missed)
-        finally:
-            self.catch_up.close_window(window)
+        missed, has_more, streams = await self._catch_up(client.sid, room, payload.since_seq)
 
         first = room not in client.rooms
         client.rooms.add(room)
         member = Member(client.identity.user_id, client.identity.name)
-        if first and self.presence.join(room, member, client.sid):
+        if first and await self.presence.join(room, member, client.sid):
             await self._announce_presence(room, member, "online", skip_sid=client.sid)
 
         if missed:
-            last_seq = max(last_seq, missed[-1].seq)
+            last_seq = max(last_seq, missed[-1]["seq"])
         return {
             "ok": True,
             "room": room,
             "last_seq": last_seq,
-            "members": [m.to_wire() for m in self.presence.members(room)],
-            "missed": [m.to_wire() for m in missed],
+            "members": [m.to_wire() for m in await self.presence.members(room)],
+            "missed": missed,
             "has_more": has_more,
             "runs": [run.summary() for run in self._active_runs(room)],
             "streams": streams,
         }
 
-    async def _missed(self, room: str, since_seq: int | None) -> tuple[list[StoredMessage], bool]:
+    async def _catch_up(
+        self, sid: str, room: str, since_seq: int | None
+    ) -> tuple[list[dict[str, Any]], bool, list[dict[str, Any]]]:
+        """Enter the room and read what the socket missed, merging the `message:new` events that
+        arrive meanwhile, so each message reaches the socket once: in the ack or live."""
         if since_seq is None:
-            return [], False
-        cap = self.settings.join_missed_max
-        rows = await self.store.messages_after(room, since_seq, cap + 1)
-        return rows[:cap], len(rows) > cap
+            await self.enter_room(sid, room)
+            return [], False, self._stream_snapshot(room)
+
+        hold = self.hooks.hold(sid, room, {"message:new"})
+        try:
+            await self.enter_room(sid, room)
+            streams = self._stream_snapshot(room)
+            cap = self.settings.join_missed_max
+            rows = await self.store.messages_after(room, since_seq, cap + 1)
+        finally:
+            captured = self.hooks.release(hold, floor=since_seq)
+
+        missed = [row.to_wire() for row in rows[:cap]]
+        has_more = len(rows) > cap
+        newest = missed[-1]["seq"] if missed else since_seq
+        if not has_more:
+            live = sorted((data for _, data in captured if data["seq"] > newest), key=lambda m: m["seq"])
+            missed.extend(live)
+        hold.floor = max([newest, *(m["seq"] for m in missed)])
+        return missed, has_more, streams
+
+    def _stream_snapshot(self, room: str) -> list[dict[str, Any]]:
+        return [stream.to_wire() for stream in self._streams_in(room)]
+
+    @property
+    def hooks(self) -> DeliveryHooks:
+        hooks: DeliveryHooks = self.server.manager.hooks
+        return hooks
 
     async def leave_room(self, client: Client, payload: schemas.LeaveRoom) -> dict[str, Any]:
         if payload.room not in client.rooms:
@@ -212,8 +232,9 @@ class ChatNamespace(socketio.AsyncNamespace):
 
     async def _leave(self, client: Client, room: str) -> None:
         client.rooms.discard(room)
+        self.hooks.drop(client.sid, room)
         await self.leave_room_sio(client.sid, room)
-        if self.presence.leave(room, client.identity.user_id, client.sid):
+        if await self.presence.leave(room, client.identity.user_id, client.sid):
             member = Member(client.identity.user_id, client.identity.name)
             await self._announce_presence(room, member, "offline", skip_sid=client.sid)
 
@@ -278,7 +299,6 @@ class ChatNamespace(socketio.AsyncNamespace):
     async def publish_message(self, message: StoredMessage, skip_sid: str | None = None) -> None:
         """Broadcast a newly stored message as `message:new` to its room."""
         self.metrics.messages_stored.inc()
-        self.catch_up.broadcasting(message)
         await self.emit("message:new", message.to_wire(), room=message.room, skip_sid=skip_sid)
 
     def _maybe_start_reply(self, message: StoredMessage) -> None:
@@ -385,20 +405,26 @@ class ChatNamespace(socketio.AsyncNamespace):
         if run is None or not self.may_see_run(client.identity, run):
             raise HuddleError(ErrorCode.NOT_FOUND, f"run {payload.run_id!r} not found")
 
-        replayed = 0
-
-        async def replay(events: list[StoredRunEvent]) -> None:
-            nonlocal replayed
-            for event in events:
-                await self.emit(f"agent:{event.type.value}", event.to_wire(), to=client.sid)
-            replayed = len(events)
-
-        async def go_live() -> None:
-            await self.enter_room(client.sid, run_room(payload.run_id))
-
-        current = await runtime.attach(payload.run_id, payload.since_seq, replay, go_live)
+        target = run_room(run.id)
+        hold = self.hooks.hold(client.sid, target, None)
+        try:
+            if not run.status.finished:
+                await self.enter_room(client.sid, target)
+            current, events = await runtime.history(run.id, payload.since_seq)
+        finally:
+            captured = self.hooks.release(hold, floor=payload.since_seq)
         assert current is not None
-        return {"ok": True, "run": current.to_wire(), "replayed": replayed}
+
+        newest = payload.since_seq
+        for event in events:
+            await self.emit(f"agent:{event.type.value}", event.to_wire(), to=client.sid)
+            newest = event.seq
+        for name, data in sorted(captured, key=lambda item: item[1]["seq"]):
+            if data["seq"] > newest:
+                await self.emit(name, data, to=client.sid)
+                newest = data["seq"]
+        hold.floor = newest
+        return {"ok": True, "run": current.to_wire(), "replayed": len(events)}
 
     async def cancel_run(self, client: Client, payload: schemas.CancelRun) -> dict[str, Any]:
         runtime = self._runtime()

@@ -1,58 +1,147 @@
-"""Exact catch-up on join: which stored messages a joining socket still needs in its ack.
+"""Local delivery of room events, with catch-up holds and in-process listeners.
 
-A socket that joins a room enters the Socket.IO room first and reads the log second. A message
-can then reach it twice (committed before the read, broadcast after the entry) or, if the order
-were reversed, not at all. This tracker closes both windows within one process: the ack leaves
-out every message that is committed but not yet broadcast (the socket is in the room, so the
-broadcast will reach it) and every message broadcast since the socket entered the room.
+A socket that catches up (joins a room with `since_seq`, subscribes to a run) reads the log
+while live events keep arriving. A hold closes that window: while the read runs, the chosen
+events for that socket are captured instead of sent, so the handler can merge them into its
+answer; afterwards the hold keeps a floor and drops any event at or below the last seq the
+socket already received, which a broadcast from another process may still bring. Together
+this gives each socket every event once.
+
+Listeners receive every event delivered to a room in this process; server-sent event streams
+use them.
+
+The hooks sit in the manager's local delivery, so they see broadcasts from this process and,
+with the Redis manager, from every other process too.
 """
 
 from __future__ import annotations
 
-from models.records import StoredMessage
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, field
+from typing import Any
+
+import socketio
+
+Listener = Callable[[str, Any], None]
 
 
-class JoinWindow:
-    """The seqs broadcast to one room while a join of that room is reading the log."""
+@dataclass(eq=False)
+class Hold:
+    sid: str
+    room: str
+    events: Collection[str] | None
+    """Event names to capture, or None for all."""
 
-    def __init__(self, room: str) -> None:
-        self.room = room
-        self.broadcast: set[int] = set()
+    captured: list[tuple[str, Any]] = field(default_factory=list)
+    capturing: bool = True
+    floor: int = 0
+
+    def takes(self, event: str) -> bool:
+        return self.events is None or event in self.events
 
 
-class CatchUpTracker:
+class DeliveryHooks:
+    """Holds and listeners by room, consulted on every local delivery."""
+
     def __init__(self) -> None:
-        self._unsent: dict[str, set[int]] = {}
-        self._windows: dict[str, list[JoinWindow]] = {}
+        self._holds: dict[str, dict[str, Hold]] = {}
+        self._listeners: dict[str, set[Listener]] = {}
 
-    def committed(self, message: StoredMessage) -> None:
-        """Note a stored message that has not been broadcast yet (called right after commit)."""
-        self._unsent.setdefault(message.room, set()).add(message.seq)
+    def hold(self, sid: str, room: str, events: Collection[str] | None) -> Hold:
+        """Start capturing `events` sent to `room` for `sid`; replaces an earlier hold."""
+        hold = Hold(sid, room, events)
+        self._holds.setdefault(room, {})[sid] = hold
+        return hold
 
-    def broadcasting(self, message: StoredMessage) -> None:
-        """Note that the room's broadcast of `message` starts now; call it just before emitting."""
-        unsent = self._unsent.get(message.room)
-        if unsent is not None:
-            unsent.discard(message.seq)
-            if not unsent:
-                del self._unsent[message.room]
-        for window in self._windows.get(message.room, ()):
-            window.broadcast.add(message.seq)
+    def release(self, hold: Hold, floor: int) -> list[tuple[str, Any]]:
+        """Stop capturing; from now on drop the hold's events whose seq is at most `floor`."""
+        hold.capturing = False
+        hold.floor = floor
+        captured, hold.captured = hold.captured, []
+        return captured
 
-    def open_window(self, room: str) -> JoinWindow:
-        """Start watching a room's broadcasts; call it right after the socket entered the room."""
-        window = JoinWindow(room)
-        self._windows.setdefault(room, []).append(window)
-        return window
+    def drop(self, sid: str, room: str | None = None) -> None:
+        """Forget the socket's holds, in one room or in all."""
+        rooms = [room] if room is not None else list(self._holds)
+        for name in rooms:
+            holds = self._holds.get(name)
+            if holds is not None and holds.pop(sid, None) is not None and not holds:
+                del self._holds[name]
 
-    def close_window(self, window: JoinWindow) -> None:
-        windows = self._windows.get(window.room, [])
-        if window in windows:
-            windows.remove(window)
-        if not windows:
-            self._windows.pop(window.room, None)
+    def listen(self, room: str, listener: Listener) -> Callable[[], None]:
+        self._listeners.setdefault(room, set()).add(listener)
 
-    def still_missing(self, window: JoinWindow, messages: list[StoredMessage]) -> list[StoredMessage]:
-        """Keep the messages that no broadcast has delivered or will deliver to the joiner."""
-        unsent = self._unsent.get(window.room, set())
-        return [m for m in messages if m.seq not in window.broadcast and m.seq not in unsent]
+        def remove() -> None:
+            listeners = self._listeners.get(room)
+            if listeners is not None:
+                listeners.discard(listener)
+                if not listeners:
+                    del self._listeners[room]
+
+        return remove
+
+    def skipped(self, event: str, data: Any, room: str) -> list[str]:
+        """Run the room's holds and listeners for one event; return the sids not to send it to."""
+        for listener in tuple(self._listeners.get(room, ())):
+            listener(event, data)
+
+        holds = self._holds.get(room)
+        if not holds:
+            return []
+
+        seq = data.get("seq") if isinstance(data, dict) else None
+        skipped = []
+        for hold in holds.values():
+            if not hold.takes(event):
+                continue
+            if hold.capturing:
+                hold.captured.append((event, data))
+                skipped.append(hold.sid)
+            elif isinstance(seq, int) and seq <= hold.floor:
+                skipped.append(hold.sid)
+        return skipped
+
+
+class DeliveryManager(socketio.AsyncManager):
+    """The in-memory client manager with Huddle's delivery hooks."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hooks = DeliveryHooks()
+
+    async def emit(
+        self,
+        event: str,
+        data: Any,
+        namespace: str | None = None,
+        room: str | None = None,
+        skip_sid: str | list[str] | None = None,
+        callback: Any = None,
+        to: str | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        target = to or room
+        if isinstance(target, str):
+            extra = self.hooks.skipped(event, data, target)
+            if extra:
+                skip_sid = [*_as_list(skip_sid), *extra]
+        return await super().emit(
+            event, data, namespace, room=target, skip_sid=skip_sid, callback=callback, **kwargs
+        )
+
+
+class RedisDeliveryManager(socketio.AsyncRedisManager, DeliveryManager):
+    """The Redis client manager with the same hooks. Every delivery to this process's sockets,
+    whichever process emitted it, passes through `DeliveryManager.emit`."""
+
+    def __init__(self, url: str, *, channel: str, logger: Any) -> None:
+        socketio.AsyncRedisManager.__init__(self, url, channel=channel, logger=logger)
+        self.hooks = DeliveryHooks()
+
+
+def _as_list(skip_sid: str | list[str] | None) -> list[str]:
+    if skip_sid is None:
+        return []
+    if isinstance(skip_sid, list):
+        return skip_sid
+    return [skip_sid]

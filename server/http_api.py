@@ -12,13 +12,13 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from agents.base import InvalidInput
-from agents.runtime import AgentRuntime, InputTooLarge, RunLimitExceeded, UnknownAgent
-from models.records import EventType, RunRecord, StoredRunEvent
+from agents.runtime import InputTooLarge, RunLimitExceeded, UnknownAgent
+from models.records import EventType, RunRecord
 from server import schemas
 from server.auth import Identity, verify_token
-from server.chat import TOKEN_COOKIE
+from server.chat import TOKEN_COOKIE, run_room
 from server.errors import ErrorCode, HuddleError
-from server.keys import CHAT, METRICS, RUNTIME, SECRET, SETTINGS, STORE
+from server.keys import CHAT, METRICS, RUNTIME, SECRET, SETTINGS, SIO, STORE
 from server.metrics import CONTENT_TYPE_LATEST
 
 log = logging.getLogger(__name__)
@@ -103,25 +103,20 @@ async def stream_report(request: web.Request) -> web.StreamResponse:
     run = await _visible_run(request, identity)
     since = _last_event_id(request)
 
-    runtime: AgentRuntime = request.app[RUNTIME]
-    queue: asyncio.Queue[StoredRunEvent] = asyncio.Queue()
-    stop_listening = lambda: None  # noqa: E731
+    queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
 
-    async def replay(events: list[StoredRunEvent]) -> None:
-        for event in events:
-            queue.put_nowait(event)
+    def on_event(name: str, data: Any) -> None:
+        queue.put_nowait({"type": name.removeprefix("agent:"), **data})
 
-    async def go_live() -> None:
-        nonlocal stop_listening
-        stop_listening = runtime.listen(run.id, queue)
-
-    current = await runtime.attach(run.id, since, replay, go_live)
-    if current is not None and current.status.finished and queue.empty():
-        # 204 tells EventSource that the stream is over, so it stops reconnecting.
-        return web.Response(status=204)
-
+    stop_listening = request.app[SIO].manager.hooks.listen(run_room(run.id), on_event)
     try:
-        return await _write_events(request, queue)
+        current, events = await request.app[RUNTIME].history(run.id, since)
+        if current is not None and current.status.finished and not events:
+            # 204 tells EventSource that the stream is over, so it stops reconnecting.
+            return web.Response(status=204)
+
+        backlog = [{"type": event.type.value, **event.to_wire()} for event in events]
+        return await _write_events(request, backlog, queue, since)
     finally:
         stop_listening()
 
@@ -139,7 +134,10 @@ def _last_event_id(request: web.Request) -> int:
     return value
 
 
-async def _write_events(request: web.Request, queue: asyncio.Queue[StoredRunEvent]) -> web.StreamResponse:
+async def _write_events(
+    request: web.Request, backlog: list[dict[str, Any]], queue: asyncio.Queue[dict[str, Any]], since: int
+) -> web.StreamResponse:
+    """Send the backlog, then live events newer than it, until the run's final event."""
     settings = request.app[SETTINGS]
     metrics = request.app[METRICS]
     response = web.StreamResponse(
@@ -152,18 +150,26 @@ async def _write_events(request: web.Request, queue: asyncio.Queue[StoredRunEven
     await response.prepare(request)
     await response.write(b"retry: 2000\n\n")
     metrics.sse_streams.inc()
+    newest = since
     try:
-        while True:
-            try:
-                event = await asyncio.wait_for(queue.get(), timeout=settings.sse_heartbeat_seconds)
-            except TimeoutError:
-                await response.write(b": heartbeat\n\n")
-                continue
-
-            data = json.dumps({"type": event.type.value, **event.to_wire()}, separators=(",", ":"))
-            await response.write(f"id: {event.seq}\ndata: {data}\n\n".encode())
-            if event.type is EventType.DONE:
+        for event in backlog:
+            await _write_event(response, event)
+            newest = event["seq"]
+            if event["type"] == "done":
                 break
+        else:
+            while True:
+                try:
+                    event = await asyncio.wait_for(queue.get(), timeout=settings.sse_heartbeat_seconds)
+                except TimeoutError:
+                    await response.write(b": heartbeat\n\n")
+                    continue
+                if event["seq"] <= newest:
+                    continue
+                await _write_event(response, event)
+                newest = event["seq"]
+                if event["type"] == "done":
+                    break
     except (ConnectionResetError, asyncio.CancelledError):
         log.debug("SSE client went away: %s", request.path)
         raise
@@ -173,6 +179,11 @@ async def _write_events(request: web.Request, queue: asyncio.Queue[StoredRunEven
     with contextlib.suppress(ConnectionResetError):
         await response.write_eof()
     return response
+
+
+async def _write_event(response: web.StreamResponse, event: dict[str, Any]) -> None:
+    data = json.dumps(event, separators=(",", ":"))
+    await response.write(f"id: {event['seq']}\ndata: {data}\n\n".encode())
 
 
 @routes.get("/api/rooms/{room}/messages")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol
 
 
 @dataclass(frozen=True, slots=True)
@@ -14,6 +15,17 @@ class Member:
         return {"id": self.user_id, "name": self.name}
 
 
+class Presence(Protocol):
+    """Who is online per room. `join` returns True for the user's first socket in the room and
+    `leave` for the last one, which is when `presence:update` goes out."""
+
+    async def join(self, room: str, member: Member, sid: str) -> bool: ...
+
+    async def leave(self, room: str, user_id: str, sid: str) -> bool: ...
+
+    async def members(self, room: str) -> list[Member]: ...
+
+
 @dataclass(slots=True)
 class _Online:
     name: str
@@ -21,16 +33,12 @@ class _Online:
 
 
 class MemoryPresence:
-    """Presence for a single process.
-
-    `join` returns True when it is the user's first socket in the room and `leave` returns True
-    when it was the last one, which is when `presence:update` goes out.
-    """
+    """Presence for a single process."""
 
     def __init__(self) -> None:
         self._rooms: dict[str, dict[str, _Online]] = {}
 
-    def join(self, room: str, member: Member, sid: str) -> bool:
+    async def join(self, room: str, member: Member, sid: str) -> bool:
         users = self._rooms.setdefault(room, {})
         online = users.get(member.user_id)
         first = online is None
@@ -39,7 +47,7 @@ class MemoryPresence:
         online.sids.add(sid)
         return first
 
-    def leave(self, room: str, user_id: str, sid: str) -> bool:
+    async def leave(self, room: str, user_id: str, sid: str) -> bool:
         users = self._rooms.get(room, {})
         online = users.get(user_id)
         if online is None or sid not in online.sids:
@@ -54,10 +62,6 @@ class MemoryPresence:
             del self._rooms[room]
         return True
 
-    def is_member(self, room: str, user_id: str, sid: str) -> bool:
-        online = self._rooms.get(room, {}).get(user_id)
-        return online is not None and sid in online.sids
-
-    def members(self, room: str) -> list[Member]:
+    async def members(self, room: str) -> list[Member]:
         users = self._rooms.get(room, {})
         return [Member(user_id, users[user_id].name) for user_id in sorted(users)]

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
 
 import pytest
 
-from models.records import StoredMessage
 from server.auth import issue_token, verify_token
-from server.delivery import CatchUpTracker
+from server.delivery import DeliveryHooks
 from server.errors import HuddleError
 from server.presence import Member, MemoryPresence
 from server.ratelimit import TokenBucket
@@ -19,26 +17,22 @@ ANN = Member("ann", "Ann")
 SECRET = "unit-test-secret-0123456789abcdef0123"
 
 
-def message(room: str, seq: int) -> StoredMessage:
-    return StoredMessage(f"id{seq}", room, seq, "ann", "Ann", "x", f"c{seq}", datetime.now(UTC))
-
-
-def test_presence_counts_two_tabs_once() -> None:
+async def test_presence_counts_two_tabs_once() -> None:
     presence = MemoryPresence()
-    assert presence.join("r", ANN, "tab1") is True
-    assert presence.join("r", ANN, "tab2") is False
-    assert presence.members("r") == [ANN]
-    assert presence.leave("r", "ann", "tab1") is False
-    assert presence.leave("r", "ann", "tab2") is True
-    assert presence.members("r") == []
+    assert await presence.join("r", ANN, "tab1") is True
+    assert await presence.join("r", ANN, "tab2") is False
+    assert await presence.members("r") == [ANN]
+    assert await presence.leave("r", "ann", "tab1") is False
+    assert await presence.leave("r", "ann", "tab2") is True
+    assert await presence.members("r") == []
 
 
-def test_presence_leave_of_unknown_socket_is_ignored() -> None:
+async def test_presence_leave_of_unknown_socket_is_ignored() -> None:
     presence = MemoryPresence()
-    presence.join("r", ANN, "tab1")
-    assert presence.leave("r", "ann", "other") is False
-    assert presence.leave("elsewhere", "ann", "tab1") is False
-    assert presence.is_member("r", "ann", "tab1")
+    await presence.join("r", ANN, "tab1")
+    assert await presence.leave("r", "ann", "other") is False
+    assert await presence.leave("elsewhere", "ann", "tab1") is False
+    assert await presence.members("r") == [ANN]
 
 
 def test_bucket_allows_burst_then_limits() -> None:
@@ -54,30 +48,46 @@ def test_bucket_refills() -> None:
     assert bucket.take()
 
 
-def test_catch_up_skips_unsent_messages() -> None:
-    tracker = CatchUpTracker()
-    tracker.committed(message("r", 5))
-    window = tracker.open_window("r")
-    kept = tracker.still_missing(window, [message("r", 4), message("r", 5)])
-    assert [m.seq for m in kept] == [4]
+def test_hold_captures_then_keeps_a_floor() -> None:
+    hooks = DeliveryHooks()
+    hold = hooks.hold("sid1", "r", {"message:new"})
+
+    assert hooks.skipped("message:new", {"seq": 5}, "r") == ["sid1"]
+    assert hooks.skipped("typing", {"room": "r"}, "r") == []
+    assert hooks.release(hold, floor=5) == [("message:new", {"seq": 5})]
+
+    assert hooks.skipped("message:new", {"seq": 4}, "r") == ["sid1"]
+    assert hooks.skipped("message:new", {"seq": 6}, "r") == []
+    assert hooks.skipped("message:new", {"seq": 5}, "other") == []
 
 
-def test_catch_up_skips_messages_broadcast_during_join() -> None:
-    tracker = CatchUpTracker()
-    tracker.committed(message("r", 6))
-    window = tracker.open_window("r")
-    tracker.broadcasting(message("r", 6))
-    kept = tracker.still_missing(window, [message("r", 6)])
-    assert kept == []
+def test_hold_for_all_events() -> None:
+    hooks = DeliveryHooks()
+    hooks.hold("sid1", "run:x", None)
+    assert hooks.skipped("agent:stage", {"seq": 1}, "run:x") == ["sid1"]
+    assert hooks.skipped("agent:done", {"seq": 2}, "run:x") == ["sid1"]
 
 
-def test_catch_up_keeps_messages_broadcast_before_join() -> None:
-    tracker = CatchUpTracker()
-    tracker.committed(message("r", 7))
-    tracker.broadcasting(message("r", 7))
-    window = tracker.open_window("r")
-    assert [m.seq for m in tracker.still_missing(window, [message("r", 7)])] == [7]
-    tracker.close_window(window)
+def test_dropped_holds_skip_nothing() -> None:
+    hooks = DeliveryHooks()
+    hooks.hold("sid1", "a", None)
+    hooks.hold("sid1", "b", None)
+    hooks.drop("sid1", "a")
+    assert hooks.skipped("e", {"seq": 1}, "a") == []
+    assert hooks.skipped("e", {"seq": 1}, "b") == ["sid1"]
+    hooks.drop("sid1")
+    assert hooks.skipped("e", {"seq": 1}, "b") == []
+
+
+def test_listeners_see_every_event_until_removed() -> None:
+    hooks = DeliveryHooks()
+    seen: list[tuple[str, object]] = []
+    remove = hooks.listen("run:x", lambda event, data: seen.append((event, data)))
+    hooks.skipped("agent:stage", {"seq": 1}, "run:x")
+    hooks.skipped("agent:stage", {"seq": 1}, "run:y")
+    remove()
+    hooks.skipped("agent:done", {"seq": 2}, "run:x")
+    assert seen == [("agent:stage", {"seq": 1})]
 
 
 def test_token_round_trip_with_rooms() -> None:
