@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, nullcontext
 from typing import Any
 
+import redis.asyncio as redis
 import socketio
 from aiohttp import web
 
@@ -15,11 +17,12 @@ from models.database import create_engine, migrate
 from models.store import Store
 from server.auth import load_or_create_secret
 from server.chat import ChatNamespace
-from server.delivery import DeliveryManager
+from server.delivery import DeliveryManager, RedisDeliveryManager
 from server.http_api import install_cors, json_errors, routes
 from server.keys import CHAT, METRICS, RUNTIME, SECRET, SETTINGS, SIO, STORE
 from server.metrics import Metrics
-from server.presence import MemoryPresence
+from server.presence import Member, MemoryPresence
+from server.redis_presence import RedisPresence
 from server.settings import Settings
 from server.streams import RoomAssistant
 
@@ -43,7 +46,7 @@ def create_app(settings: Settings | None = None) -> web.Application:
     origins: Any = "*" if "*" in settings.cors_origins else settings.cors_origins
     sio = socketio.AsyncServer(
         async_mode="aiohttp",
-        client_manager=DeliveryManager(),
+        client_manager=_client_manager(settings),
         cors_allowed_origins=origins,
         cors_credentials=True,
         max_http_buffer_size=settings.max_payload_bytes * TRANSPORT_HEADROOM,
@@ -68,23 +71,59 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     if settings.migrate_on_start:
         await migrate(engine)
 
-    store = Store(engine, commit_batch_max=settings.commit_batch_max, on_commit=metrics.observe_commit)
-    chat = ChatNamespace(
-        settings=settings, secret=app[SECRET], store=store, presence=MemoryPresence(), metrics=metrics
-    )
-    app[SIO].register_namespace(chat)
-    runtime = AgentRuntime(store, load_agents(settings), settings, chat.emit_run_event, metrics)
-    chat.runtime = runtime
-    app[STORE], app[CHAT], app[RUNTIME] = store, chat, runtime
+    async with AsyncExitStack() as stack:
+        stack.push_async_callback(engine.dispose)
+        store = await stack.enter_async_context(
+            Store(engine, commit_batch_max=settings.commit_batch_max, on_commit=metrics.observe_commit)
+        )
+        chat = ChatNamespace(settings=settings, secret=app[SECRET], store=store, metrics=metrics)
+        chat.presence = await stack.enter_async_context(_presence(settings, chat, stack))
+        app[SIO].register_namespace(chat)
 
-    async with store, runtime:
+        runtime = AgentRuntime(store, load_agents(settings), settings, chat.emit_run_event, metrics)
+        await stack.enter_async_context(runtime)
         assistant = RoomAssistant(settings, store, chat.broadcast_delta, chat.publish_message, runtime.llm)
-        chat.assistant = assistant
-        log.info("huddle ready: database=%s agents=%s", engine.url.render_as_string(), sorted(runtime.agents))
+        stack.push_async_callback(assistant.close)
+        chat.runtime, chat.assistant = runtime, assistant
+        app[STORE], app[CHAT], app[RUNTIME] = store, chat, runtime
+
+        log.info(
+            "huddle ready: node=%s database=%s redis=%s agents=%s",
+            settings.node_id,
+            engine.url.render_as_string(),
+            "on" if settings.redis_url else "off",
+            sorted(runtime.agents),
+        )
         yield
-        log.info("huddle stopping")
-        await assistant.close()
-    await engine.dispose()
+        log.info("huddle stopping: node=%s", settings.node_id)
+
+
+def _presence(settings: Settings, chat: ChatNamespace, stack: AsyncExitStack) -> Any:
+    """Presence in this process alone, or shared through Redis when it is configured."""
+    if not settings.redis_url:
+        return nullcontext(MemoryPresence())
+
+    client = redis.from_url(settings.redis_url, decode_responses=True, health_check_interval=10)
+    stack.push_async_callback(client.aclose)
+
+    async def announce_offline(room: str, member: Member) -> None:
+        await chat.announce_presence(room, member, "offline")
+
+    return RedisPresence(
+        client,
+        settings.node_id,
+        ttl=settings.presence_ttl_seconds,
+        heartbeat=settings.presence_heartbeat_seconds,
+        on_offline=announce_offline,
+    )
+
+
+def _client_manager(settings: Settings) -> socketio.AsyncManager:
+    if settings.redis_url:
+        return RedisDeliveryManager(
+            settings.redis_url, channel="huddle:socketio", logger=logging.getLogger("huddle.redis")
+        )
+    return DeliveryManager()
 
 
 @web.middleware

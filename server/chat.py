@@ -21,7 +21,7 @@ from server.auth import Identity, verify_token
 from server.delivery import DeliveryHooks
 from server.errors import ErrorCode, HuddleError, error_ack
 from server.metrics import Metrics
-from server.presence import Member, Presence
+from server.presence import Member, MemoryPresence, Presence
 from server.ratelimit import TokenBucket
 from server.settings import Settings
 from server.streams import RoomAssistant
@@ -56,7 +56,6 @@ class ChatNamespace(socketio.AsyncNamespace):
         settings: Settings,
         secret: str,
         store: Store,
-        presence: Presence,
         metrics: Metrics,
         namespace: str = "/",
     ) -> None:
@@ -64,7 +63,7 @@ class ChatNamespace(socketio.AsyncNamespace):
         self.settings = settings
         self.secret = secret
         self.store = store
-        self.presence = presence
+        self.presence: Presence = MemoryPresence()
         self.metrics = metrics
         self.runtime: AgentRuntime | None = None
         self.assistant: RoomAssistant | None = None
@@ -174,7 +173,7 @@ class ChatNamespace(socketio.AsyncNamespace):
         client.rooms.add(room)
         member = Member(client.identity.user_id, client.identity.name)
         if first and await self.presence.join(room, member, client.sid):
-            await self._announce_presence(room, member, "online", skip_sid=client.sid)
+            await self.announce_presence(room, member, "online", skip_sid=client.sid)
 
         if missed:
             last_seq = max(last_seq, missed[-1]["seq"])
@@ -236,13 +235,15 @@ class ChatNamespace(socketio.AsyncNamespace):
         await self.leave_room_sio(client.sid, room)
         if await self.presence.leave(room, client.identity.user_id, client.sid):
             member = Member(client.identity.user_id, client.identity.name)
-            await self._announce_presence(room, member, "offline", skip_sid=client.sid)
+            await self.announce_presence(room, member, "offline", skip_sid=client.sid)
 
     async def leave_room_sio(self, sid: str, room: str) -> None:
         server: socketio.AsyncServer = self.server
         await server.leave_room(sid, room, namespace=self.namespace)
 
-    async def _announce_presence(self, room: str, member: Member, status: str, skip_sid: str) -> None:
+    async def announce_presence(
+        self, room: str, member: Member, status: str, skip_sid: str | None = None
+    ) -> None:
         payload = {"room": room, "user": member.to_wire(), "status": status}
         await self.emit("presence:update", payload, room=room, skip_sid=skip_sid)
 

@@ -16,6 +16,7 @@ with the Redis manager, from every other process too.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
@@ -134,9 +135,26 @@ class RedisDeliveryManager(socketio.AsyncRedisManager, DeliveryManager):
     """The Redis client manager with the same hooks. Every delivery to this process's sockets,
     whichever process emitted it, passes through `DeliveryManager.emit`."""
 
-    def __init__(self, url: str, *, channel: str, logger: Any) -> None:
+    def __init__(self, url: str, *, channel: str, logger: logging.Logger) -> None:
+        logger.addFilter(_with_redis_error)
         socketio.AsyncRedisManager.__init__(self, url, channel=channel, logger=logger)
-        self.hooks = DeliveryHooks()
+        self._log = logger
+        self._connects = 0
+
+    def _redis_connect(self) -> None:
+        # python-socketio calls this to connect and again after every lost connection.
+        super()._redis_connect()
+        self._connects += 1
+        if self._connects > 1:
+            self._log.warning("reconnecting to Redis for broadcasts (connection %d)", self._connects)
+
+
+def _with_redis_error(record: logging.LogRecord) -> bool:
+    """Append the Redis error that python-socketio passes in `extra` to its log messages."""
+    error = getattr(record, "redis_exception", None)
+    if error and isinstance(record.msg, str) and error not in record.msg:
+        record.msg = f"{record.msg} ({error})"
+    return True
 
 
 def _as_list(skip_sid: str | list[str] | None) -> list[str]:

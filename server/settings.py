@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
+import uuid
 from pathlib import Path
 from typing import Annotated
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+def _default_node_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
 class Settings(BaseSettings):
@@ -28,6 +35,21 @@ class Settings(BaseSettings):
 
     database_url: str | None = Field(default=None, alias="DATABASE_URL")
     """SQLAlchemy async URL; defaults to SQLite in `data_dir`. PostgreSQL: `postgresql+asyncpg://`."""
+
+    redis_url: str | None = Field(default=None, alias="REDIS_URL")
+    """When set, broadcasts, presence and run events are shared with every other process
+    through this Redis server (`redis://host:6379/0`)."""
+
+    node_id: str = Field(
+        default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    )
+    """This process's id in shared presence; unique per process by default."""
+
+    presence_ttl_seconds: float = 10.0
+    """With Redis: seconds without a heartbeat after which a process's users go offline."""
+
+    presence_heartbeat_seconds: float = 2.0
+    """With Redis: seconds between heartbeats and between checks for gone processes."""
 
     jwt_secret: str | None = None
     """HS256 signing secret. When unset, a random one is created once in `data_dir/jwt-secret`."""
