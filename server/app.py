@@ -25,6 +25,7 @@ from server.presence import Member, MemoryPresence
 from server.redis_presence import RedisPresence
 from server.settings import Settings
 from server.streams import RoomAssistant
+from server.transport import disconnect_everyone, origin_checker, read_polling_bodies_whole
 
 log = logging.getLogger(__name__)
 
@@ -43,18 +44,19 @@ def create_app(settings: Settings | None = None) -> web.Application:
     app[SECRET] = load_or_create_secret(settings.jwt_secret, settings.data_dir)
     app[METRICS] = Metrics()
 
-    origins: Any = "*" if "*" in settings.cors_origins else settings.cors_origins
     sio = socketio.AsyncServer(
         async_mode="aiohttp",
         client_manager=_client_manager(settings),
-        cors_allowed_origins=origins,
+        cors_allowed_origins=origin_checker(settings.cors_origins),
         cors_credentials=True,
         max_http_buffer_size=settings.max_payload_bytes * TRANSPORT_HEADROOM,
         logger=False,
         engineio_logger=False,
     )
     sio.attach(app)
+    read_polling_bodies_whole(sio)
     app[SIO] = sio
+    app.on_shutdown.append(lambda app: disconnect_everyone(app[SIO]))
 
     app.router.add_routes(routes)
     install_cors(app, settings.cors_origins)

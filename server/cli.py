@@ -75,6 +75,7 @@ def _serve(settings: Settings, host: str | None, port: int | None) -> None:
         host=host or settings.host,
         port=port or settings.port,
         access_log=None,
+        shutdown_timeout=10,
         print=lambda text: logging.getLogger("huddle").info(text.strip()),
     )
 
