@@ -344,9 +344,7 @@ _PARAGRAPH_BREAK = re.compile(r"\n[ \t]*\n")
 _CJK_SENTENCE_END = "\u3002\uff01\uff1f"
 # Quotes and brackets that may close a sentence after its final punctuation.
 _CLOSING_MARKS = "\"'\u2019\u201d\u00bb\u300d\u300f\uff09)\\]"
-_SENTENCE_END = re.compile(
-    rf"[.!?\u2026]+[{_CLOSING_MARKS}]*(?=\s)|[{_CJK_SENTENCE_END}]+[{_CLOSING_MARKS}]*"
-)
+_SENTENCE_END = re.compile(rf"[.!?\u2026]+[{_CLOSING_MARKS}]*(?=\s)|[{_CJK_SENTENCE_END}]+[{_CLOSING_MARKS}]*")
 _NEXT_VISIBLE_CHAR = re.compile(r"\s*(\S)")
 # Longer than any entry of _ABBREVIATIONS, so that a cut word is never mistaken for one.
 _ABBREVIATION_WINDOW = 16
@@ -505,9 +503,7 @@ def _summary_candidates(analysis: _Analysis) -> list[_Sentence]:
         unique.setdefault(sentence.text.casefold(), sentence)
 
     sentences = list(unique.values())
-    in_range = [
-        sentence for sentence in sentences if MIN_SUMMARY_WORDS <= len(sentence.words) <= MAX_SUMMARY_WORDS
-    ]
+    in_range = [sentence for sentence in sentences if MIN_SUMMARY_WORDS <= len(sentence.words) <= MAX_SUMMARY_WORDS]
     return in_range or sentences
 
 

@@ -55,9 +55,7 @@ def offline_answer(question: Turn, history: Sequence[Turn], mention: str) -> str
         )
 
     scored = [(len(wanted & keywords(turn.text)), turn) for turn in earlier]
-    matches = [turn for score, turn in sorted(scored, key=lambda pair: (-pair[0], -pair[1].seq)) if score][
-        :MAX_MATCHES
-    ]
+    matches = [turn for score, turn in sorted(scored, key=lambda pair: (-pair[0], -pair[1].seq)) if score][:MAX_MATCHES]
     topic = ", ".join(sorted(wanted)[:5])
     if not matches:
         return f"I found nothing about {topic} in the last {len(earlier)} messages of this room."

@@ -187,9 +187,7 @@ def _parse_url(url: str) -> URL:
     try:
         parsed = URL(url.strip())
     except (TypeError, ValueError) as exc:
-        raise FetchError(
-            "invalid_url", f"Invalid URL {url!r}: {exc}. Use an absolute http or https URL."
-        ) from exc
+        raise FetchError("invalid_url", f"Invalid URL {url!r}: {exc}. Use an absolute http or https URL.") from exc
 
     if parsed.scheme not in ("http", "https"):
         raise FetchError(
@@ -254,8 +252,7 @@ async def _read_body(response: aiohttp.ClientResponse, max_bytes: int) -> bytes:
             response.close()
             raise FetchError(
                 "too_large",
-                f"{_shown_url(response.url)} sent more than the limit of {max_bytes} bytes. "
-                "Use a smaller page.",
+                f"{_shown_url(response.url)} sent more than the limit of {max_bytes} bytes. Use a smaller page.",
             )
         chunks.append(chunk)
 

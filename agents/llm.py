@@ -42,9 +42,7 @@ class Usage:
     completion_tokens: int = 0
 
     def __add__(self, other: Usage) -> Usage:
-        return Usage(
-            self.prompt_tokens + other.prompt_tokens, self.completion_tokens + other.completion_tokens
-        )
+        return Usage(self.prompt_tokens + other.prompt_tokens, self.completion_tokens + other.completion_tokens)
 
     def to_wire(self) -> dict[str, int]:
         return {
@@ -111,9 +109,7 @@ class LLMProvider:
                 return await self._stream_once(messages, model, forward)
             except RETRYABLE as exc:
                 if streamed:
-                    raise LLMError(
-                        "llm_stream_interrupted", f"the model's stream broke off: {_describe(exc)}"
-                    ) from exc
+                    raise LLMError("llm_stream_interrupted", f"the model's stream broke off: {_describe(exc)}") from exc
                 if attempt >= self._max_retries:
                     raise LLMError(_final_code(exc), f"the model request failed: {_describe(exc)}") from exc
                 delay = self._retry_delay(exc, attempt)
@@ -126,9 +122,7 @@ class LLMProvider:
                 code = "llm_stream_interrupted" if streamed else "llm_bad_response"
                 raise LLMError(code, f"the model sent a malformed chunk: {exc}") from exc
 
-    async def _stream_once(
-        self, messages: Sequence[dict[str, str]], model: str, on_delta: DeltaSink
-    ) -> Completion:
+    async def _stream_once(self, messages: Sequence[dict[str, str]], model: str, on_delta: DeltaSink) -> Completion:
         stream = await self._client.chat.completions.create(  # type: ignore[call-overload]
             model=model,
             messages=list(messages),

@@ -91,6 +91,9 @@ class RunRecord:
     updated_at: datetime
     finished_at: datetime | None
     usage: dict[str, int] | None = None
+    owner: str | None = None
+    attempt: int = 0
+    reserved_seq: int = 0
 
     def summary(self) -> dict[str, Any]:
         return {"id": self.id, "agent": self.agent, "status": self.status.value}

@@ -12,10 +12,10 @@ import uuid
 from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Table, case, select, tuple_, update
+from sqlalchemy import Table, case, func, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -75,6 +75,12 @@ class EventWrite:
     type: EventType
     payload: dict[str, Any]
     run_update: RunUpdate
+    owner: str | None = None
+    """When set, the write fails with LostOwnership unless this process still owns the run."""
+
+
+class LostOwnership(Exception):
+    """The run's lease passed to another process; this process must stop writing to it."""
 
 
 class Store:
@@ -167,6 +173,17 @@ class Store:
             rows = (await connection.execute(query)).all()
         return [_message_from_row(row) for row in rows]
 
+    async def history_page(
+        self, room: str, *, after_seq: int | None, before_seq: int | None, limit: int
+    ) -> tuple[list[StoredMessage], bool]:
+        """Return up to `limit` messages after `after_seq` (the oldest first) or, given
+        `before_seq`, the newest before it, and whether more lie beyond the page."""
+        if before_seq is not None:
+            rows = await self.messages_before(room, before_seq, limit + 1)
+            return rows[-limit:], len(rows) > limit
+        rows = await self.messages_after(room, after_seq or 0, limit + 1)
+        return rows[:limit], len(rows) > limit
+
     async def messages_before(self, room: str, before_seq: int, limit: int) -> list[StoredMessage]:
         """Return up to `limit` messages before `before_seq`, oldest first."""
         query = (
@@ -189,7 +206,10 @@ class Store:
         user_name: str,
         room: str | None,
         input: dict[str, Any],
+        owner: str | None = None,
+        lease_seconds: float = 0.0,
     ) -> RunRecord:
+        """Store a queued run; with `owner`, the run is claimed by that process at once."""
         now = utc_now()
         run = RunRecord(
             id=new_id(),
@@ -207,6 +227,8 @@ class Store:
             created_at=now,
             updated_at=now,
             finished_at=None,
+            owner=owner,
+            attempt=1 if owner else 0,
         )
         values = {
             "id": run.id,
@@ -220,10 +242,103 @@ class Store:
             "last_seq": 0,
             "created_at": now,
             "updated_at": now,
+            "owner": owner,
+            "lease_expires_at": now + timedelta(seconds=lease_seconds) if owner else None,
+            "attempt": run.attempt,
         }
         async with self.engine.begin() as connection:
             await connection.execute(runs_t.insert(), values)
         return run
+
+    async def claim_run(self, owner: str, lease_seconds: float) -> RunRecord | None:
+        """Take the oldest run that waits for a worker, or whose owner's lease ran out."""
+        now = utc_now()
+        unfinished = runs_t.c.status.in_([RunStatus.QUEUED.value, RunStatus.RUNNING.value])
+        claimable = (unfinished & runs_t.c.owner.is_(None)) | (unfinished & (runs_t.c.lease_expires_at < now))
+        candidate = (
+            select(runs_t.c.id)
+            .where(claimable)
+            .order_by(runs_t.c.created_at)
+            .limit(1)
+            .with_for_update(skip_locked=True)
+        )
+        async with self.engine.begin() as connection:
+            run_id = await connection.scalar(candidate)
+            if run_id is None:
+                return None
+            claim = (
+                update(runs_t)
+                .where(runs_t.c.id == run_id, claimable)
+                .values(
+                    owner=owner,
+                    lease_expires_at=now + timedelta(seconds=lease_seconds),
+                    attempt=runs_t.c.attempt + 1,
+                )
+            )
+            if (await connection.execute(claim)).rowcount != 1:
+                return None
+            row = (await connection.execute(select(runs_t).where(runs_t.c.id == run_id))).one()
+        return _run_from_row(row)
+
+    async def renew_leases(self, owner: str, run_ids: Sequence[str], lease_seconds: float) -> set[str]:
+        """Extend this owner's leases; return the ids it still owns."""
+        if not run_ids:
+            return set()
+        expires = utc_now() + timedelta(seconds=lease_seconds)
+        statement = (
+            update(runs_t)
+            .where(runs_t.c.id.in_(list(run_ids)), runs_t.c.owner == owner)
+            .values(lease_expires_at=expires)
+            .returning(runs_t.c.id)
+        )
+        async with self.engine.begin() as connection:
+            return {row.id for row in await connection.execute(statement)}
+
+    async def reserve_seqs(self, run_id: str, owner: str | None, up_to: int) -> None:
+        """Record that seqs up to `up_to` may reach subscribers before they are stored."""
+        statement = update(runs_t).where(runs_t.c.id == run_id).values(reserved_seq=up_to)
+        if owner is not None:
+            statement = statement.where(runs_t.c.owner == owner)
+        async with self.engine.begin() as connection:
+            if (await connection.execute(statement)).rowcount != 1:
+                raise LostOwnership(f"run {run_id} is no longer owned by {owner}")
+
+    async def claim_queued_run(self, run_id: str, owner: str) -> RunRecord | None:
+        """Take one run that no process owns yet, for example to cancel it."""
+        statement = (
+            update(runs_t)
+            .where(runs_t.c.id == run_id, runs_t.c.owner.is_(None), runs_t.c.status == RunStatus.QUEUED.value)
+            .values(owner=owner, attempt=runs_t.c.attempt + 1)
+        )
+        async with self.engine.begin() as connection:
+            if (await connection.execute(statement)).rowcount != 1:
+                return None
+            row = (await connection.execute(select(runs_t).where(runs_t.c.id == run_id))).one()
+        return _run_from_row(row)
+
+    async def release_run(self, run_id: str, owner: str) -> None:
+        """Give a run back so that another process takes it over at once."""
+        statement = (
+            update(runs_t)
+            .where(runs_t.c.id == run_id, runs_t.c.owner == owner)
+            .values(owner=None, lease_expires_at=None)
+        )
+        async with self.engine.begin() as connection:
+            await connection.execute(statement)
+
+    async def active_run_counts(self, user_id: str) -> tuple[int, int]:
+        """Return (runs queued or running in total, of them this user's)."""
+        unfinished = runs_t.c.status.in_([RunStatus.QUEUED.value, RunStatus.RUNNING.value])
+        mine = func.count().filter(runs_t.c.user_id == user_id)
+        async with self.engine.connect() as connection:
+            row = (await connection.execute(select(func.count(), mine).where(unfinished))).one()
+        return int(row[0]), int(row[1])
+
+    async def section_count(self, run_id: str) -> int:
+        is_section = events_t.c.type == EventType.SECTION.value
+        query = select(func.count()).where(events_t.c.run_id == run_id, is_section)
+        async with self.engine.connect() as connection:
+            return int(await connection.scalar(query) or 0)
 
     async def get_run(self, run_id: str) -> RunRecord | None:
         async with self.engine.connect() as connection:
@@ -241,9 +356,7 @@ class Store:
         events: list[StoredRunEvent] = await self._events.submit(writes)
         return events
 
-    async def run_events_after(
-        self, run_id: str, since_seq: int, limit: int = 10_000
-    ) -> list[StoredRunEvent]:
+    async def run_events_after(self, run_id: str, since_seq: int, limit: int = 10_000) -> list[StoredRunEvent]:
         query = (
             select(events_t)
             .where(events_t.c.run_id == run_id, events_t.c.seq > since_seq)
@@ -314,9 +427,7 @@ async def _apply_messages(connection: AsyncConnection, writes: Sequence[MessageW
     for index, write in enumerate(writes):
         if results[index] is None:
             first = results[fresh[(write.room, write.user_id, write.client_id)]]
-            results[index] = (
-                AppendResult(first.message, created=False) if isinstance(first, AppendResult) else first
-            )
+            results[index] = AppendResult(first.message, created=False) if isinstance(first, AppendResult) else first
     return results
 
 
@@ -375,7 +486,11 @@ async def _apply_events(connection: AsyncConnection, groups: Sequence[list[Event
             values["finished_at"] = now
         if state.usage is not None:
             values["usage"] = state.usage
-        await connection.execute(update(runs_t).where(runs_t.c.id == run_id).values(**values))
+        statement = update(runs_t).where(runs_t.c.id == run_id)
+        if write.owner is not None:
+            statement = statement.where(runs_t.c.owner == write.owner)
+        if (await connection.execute(statement.values(**values))).rowcount != 1:
+            raise LostOwnership(f"run {run_id} is no longer owned by {write.owner}")
 
     return [[StoredRunEvent(w.run_id, w.seq, w.type, w.payload, now) for w in group] for group in groups]
 
@@ -430,4 +545,7 @@ def _run_from_row(row: Row[Any]) -> RunRecord:
         updated_at=row.updated_at,
         finished_at=row.finished_at,
         usage=row.usage,
+        owner=row.owner,
+        attempt=int(row.attempt),
+        reserved_seq=int(row.reserved_seq),
     )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, nullcontext
 from typing import Any
 
@@ -11,15 +11,17 @@ import redis.asyncio as redis
 import socketio
 from aiohttp import web
 
+from agents.control import RunControl
 from agents.registry import load_agents
+from agents.runlog import RedisRunLog
 from agents.runtime import AgentRuntime
 from models.database import create_engine, migrate
 from models.store import Store
 from server.auth import load_or_create_secret
 from server.chat import ChatNamespace
 from server.delivery import DeliveryManager, RedisDeliveryManager
-from server.http_api import install_cors, json_errors, routes
-from server.keys import CHAT, METRICS, RUNTIME, SECRET, SETTINGS, SIO, STORE
+from server.http_api import close_event_streams, install_cors, json_errors, routes
+from server.keys import CHAT, METRICS, RUNTIME, SECRET, SETTINGS, SIO, SSE_STREAMS, STORE
 from server.metrics import Metrics
 from server.presence import Member, MemoryPresence
 from server.redis_presence import RedisPresence
@@ -56,6 +58,8 @@ def create_app(settings: Settings | None = None) -> web.Application:
     sio.attach(app)
     read_polling_bodies_whole(sio)
     app[SIO] = sio
+    app[SSE_STREAMS] = set()
+    app.on_shutdown.append(close_event_streams)
     app.on_shutdown.append(lambda app: disconnect_everyone(app[SIO]))
 
     app.router.add_routes(routes)
@@ -68,6 +72,8 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     metrics = app[METRICS]
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    if settings.agent_execution == "workers" and not settings.redis_url:
+        raise RuntimeError("HUDDLE_AGENT_EXECUTION=workers needs REDIS_URL, so that workers' events reach subscribers")
 
     engine = create_engine(settings.resolved_database_url)
     if settings.migrate_on_start:
@@ -75,14 +81,25 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
 
     async with AsyncExitStack() as stack:
         stack.push_async_callback(engine.dispose)
+        client = _redis_client(settings, stack)
         store = await stack.enter_async_context(
             Store(engine, commit_batch_max=settings.commit_batch_max, on_commit=metrics.observe_commit)
         )
         chat = ChatNamespace(settings=settings, secret=app[SECRET], store=store, metrics=metrics)
-        chat.presence = await stack.enter_async_context(_presence(settings, chat, stack))
+        chat.presence = await stack.enter_async_context(_presence(settings, chat, client))
         app[SIO].register_namespace(chat)
 
-        runtime = AgentRuntime(store, load_agents(settings), settings, chat.emit_run_event, metrics)
+        runtime = AgentRuntime(
+            store,
+            load_agents(settings),
+            settings,
+            chat.emit_run_event,
+            metrics,
+            execute_here=settings.agent_execution == "inline",
+            runlog=RedisRunLog(client) if client is not None else None,
+        )
+        if client is not None:
+            runtime.control = await stack.enter_async_context(RunControl(client, _cancel_handler(runtime)))
         await stack.enter_async_context(runtime)
         assistant = RoomAssistant(settings, store, chat.broadcast_delta, chat.publish_message, runtime.llm)
         stack.push_async_callback(assistant.close)
@@ -90,23 +107,38 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         app[STORE], app[CHAT], app[RUNTIME] = store, chat, runtime
 
         log.info(
-            "huddle ready: node=%s database=%s redis=%s agents=%s",
+            "huddle ready: node=%s database=%s redis=%s agents=%s execution=%s",
             settings.node_id,
             engine.url.render_as_string(),
-            "on" if settings.redis_url else "off",
+            "on" if client is not None else "off",
             sorted(runtime.agents),
+            settings.agent_execution,
         )
         yield
         log.info("huddle stopping: node=%s", settings.node_id)
 
 
-def _presence(settings: Settings, chat: ChatNamespace, stack: AsyncExitStack) -> Any:
-    """Presence in this process alone, or shared through Redis when it is configured."""
+def _redis_client(settings: Settings, stack: AsyncExitStack) -> redis.Redis | None:
     if not settings.redis_url:
-        return nullcontext(MemoryPresence())
-
+        return None
     client = redis.from_url(settings.redis_url, decode_responses=True, health_check_interval=10)
     stack.push_async_callback(client.aclose)
+    return client
+
+
+def _cancel_handler(runtime: AgentRuntime) -> Callable[[dict[str, str]], Awaitable[None]]:
+    async def handle(message: dict[str, str]) -> None:
+        run_id = message.get("cancel")
+        if run_id:
+            runtime.cancel(run_id)
+
+    return handle
+
+
+def _presence(settings: Settings, chat: ChatNamespace, client: redis.Redis | None) -> Any:
+    """Presence in this process alone, or shared through Redis when it is configured."""
+    if client is None:
+        return nullcontext(MemoryPresence())
 
     async def announce_offline(room: str, member: Member) -> None:
         await chat.announce_presence(room, member, "offline")

@@ -17,6 +17,8 @@ from server.errors import ErrorCode, HuddleError
 log = logging.getLogger(__name__)
 
 ALGORITHM = "HS256"
+RESERVED_USER_PREFIX = "agent:"
+"""User ids of this form belong to Huddle's agents, such as the in-room assistant."""
 SECRET_FILE = "jwt-secret"
 
 
@@ -87,7 +89,11 @@ def issue_token(
 def verify_token(secret: str, token: object) -> Identity:
     """Decode and check a token; raise HuddleError(UNAUTHORIZED) with the reason when it fails."""
     if not isinstance(token, str) or not token:
-        raise HuddleError(ErrorCode.UNAUTHORIZED, "missing token: pass auth: {token} or a Bearer header")
+        raise HuddleError(
+            ErrorCode.UNAUTHORIZED,
+            "missing token: send it as a Bearer header, the huddle_token cookie or ?token=, "
+            "or with Socket.IO as auth.token",
+        )
 
     try:
         claims = jwt.decode(token, secret, algorithms=[ALGORITHM], options={"require": ["sub", "exp"]})
@@ -103,15 +109,16 @@ def _identity_from_claims(claims: dict[str, object]) -> Identity:
     user_id = claims.get("sub")
     if not isinstance(user_id, str) or not user_id:
         raise HuddleError(ErrorCode.UNAUTHORIZED, "invalid token: `sub` must be a non-empty string")
+    if user_id.startswith(RESERVED_USER_PREFIX):
+        reserved = f"invalid token: user ids starting with {RESERVED_USER_PREFIX!r} are reserved for agents"
+        raise HuddleError(ErrorCode.UNAUTHORIZED, reserved)
 
     name = claims.get("name")
     roles = claims.get("roles") or []
     rooms = claims.get("rooms")
     if not isinstance(roles, list) or not all(isinstance(role, str) for role in roles):
         raise HuddleError(ErrorCode.UNAUTHORIZED, "invalid token: `roles` must be a list of strings")
-    if rooms is not None and (
-        not isinstance(rooms, list) or not all(isinstance(pattern, str) for pattern in rooms)
-    ):
+    if rooms is not None and (not isinstance(rooms, list) or not all(isinstance(pattern, str) for pattern in rooms)):
         raise HuddleError(ErrorCode.UNAUTHORIZED, "invalid token: `rooms` must be a list of globs")
 
     return Identity(

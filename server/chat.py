@@ -6,8 +6,9 @@ import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from http.cookies import SimpleCookie
+from http.cookies import CookieError, SimpleCookie
 from typing import Any
+from urllib.parse import parse_qs
 
 import socketio
 from pydantic import BaseModel, ValidationError
@@ -32,7 +33,8 @@ TOKEN_COOKIE = "huddle_token"
 
 
 def run_room(run_id: str) -> str:
-    return f"run:{run_id}"
+    """The Socket.IO room of a run's subscribers; `#` keeps it apart from every chat room name."""
+    return f"#run:{run_id}"
 
 
 @dataclass(slots=True)
@@ -111,7 +113,7 @@ class ChatNamespace(socketio.AsyncNamespace):
         model, handler = entry
         if not client.bucket.take():
             wait = client.bucket.retry_after()
-            return error_ack(ErrorCode.RATE_LIMITED, f"too many events; retry in {wait:.2f} s")
+            return error_ack(ErrorCode.RATE_LIMITED, f"too many events; retry in {max(wait, 0.01):.2f} s")
 
         if len(args) != 1 or not isinstance(args[0], dict):
             return error_ack(ErrorCode.INVALID_ARGUMENT, f"{event} takes one object argument")
@@ -132,7 +134,7 @@ class ChatNamespace(socketio.AsyncNamespace):
             return {"ok": False, "error": exc.to_dict()}
         except Exception:
             log.exception("event %s from sid=%s user=%s failed", event, client.sid, client.identity.user_id)
-            return error_ack(ErrorCode.INTERNAL, "internal error; the event was not applied")
+            return error_ack(ErrorCode.INTERNAL, "internal error; the server log has the details")
 
     # Connection
 
@@ -166,8 +168,10 @@ class ChatNamespace(socketio.AsyncNamespace):
         if not client.identity.may_join(room):
             raise HuddleError(ErrorCode.FORBIDDEN, f"your token does not allow room {room!r}")
 
-        last_seq = await self.store.ensure_room(room)
+        await self.store.ensure_room(room)
         missed, has_more, streams = await self._catch_up(client.sid, room, payload.since_seq)
+        # Read after entering the room: every message above it will arrive as message:new.
+        last_seq = await self.store.last_seq(room) or 0
 
         first = room not in client.rooms
         client.rooms.add(room)
@@ -241,29 +245,21 @@ class ChatNamespace(socketio.AsyncNamespace):
         server: socketio.AsyncServer = self.server
         await server.leave_room(sid, room, namespace=self.namespace)
 
-    async def announce_presence(
-        self, room: str, member: Member, status: str, skip_sid: str | None = None
-    ) -> None:
+    async def announce_presence(self, room: str, member: Member, status: str, skip_sid: str | None = None) -> None:
         payload = {"room": room, "user": member.to_wire(), "status": status}
         await self.emit("presence:update", payload, room=room, skip_sid=skip_sid)
 
     async def room_history(self, client: Client, payload: schemas.RoomHistory) -> dict[str, Any]:
         self._require_allowed(client, payload.room)
-        limit = min(payload.limit, self.settings.history_page_max)
-        if payload.before_seq is not None:
-            rows = await self.store.messages_before(payload.room, payload.before_seq, limit + 1)
-            has_more = len(rows) > limit
-            rows = rows[-limit:] if has_more else rows
-        else:
-            rows = await self.store.messages_after(payload.room, payload.after_seq or 0, limit + 1)
-            has_more = len(rows) > limit
-            rows = rows[:limit]
-        return {
-            "ok": True,
-            "room": payload.room,
-            "messages": [m.to_wire() for m in rows],
-            "has_more": has_more,
-        }
+        if await self.store.last_seq(payload.room) is None:
+            raise HuddleError(ErrorCode.NOT_FOUND, f"room {payload.room!r} not found")
+        rows, has_more = await self.store.history_page(
+            payload.room,
+            after_seq=payload.after_seq,
+            before_seq=payload.before_seq,
+            limit=min(payload.limit, self.settings.history_page_max),
+        )
+        return {"ok": True, "room": payload.room, "messages": [m.to_wire() for m in rows], "has_more": has_more}
 
     def _require_allowed(self, client: Client, room: str) -> None:
         if not client.identity.may_join(room):
@@ -337,9 +333,7 @@ class ChatNamespace(socketio.AsyncNamespace):
         self._require_member(client, payload.room)
         stream = None if self.assistant is None else self.assistant.get(payload.room, payload.stream_id)
         if stream is None or self.assistant is None:
-            raise HuddleError(
-                ErrorCode.NOT_FOUND, f"no reply {payload.stream_id!r} is streaming in {payload.room!r}"
-            )
+            raise HuddleError(ErrorCode.NOT_FOUND, f"no reply {payload.stream_id!r} is streaming in {payload.room!r}")
         self.assistant.stop(stream)
         log.info("reply %s stopped by user=%s", stream.stream_id, client.identity.user_id)
         return {"ok": True, "stream_id": stream.stream_id}
@@ -395,15 +389,19 @@ class ChatNamespace(socketio.AsyncNamespace):
         for member_sid, _ in list(server.manager.get_participants(self.namespace, run.room)):
             await self.enter_room(member_sid, target)
 
-    def may_see_run(self, identity: Identity, run: RunRecord) -> bool:
+    def may_see_run(self, identity: Identity, run: RunRecord, rooms: set[str] | None = None) -> bool:
+        """The starter and admins see a run; for a run in a room, so do the room's members:
+        sockets that joined it, or over HTTP, users whose token allows the room."""
         if run.user_id == identity.user_id or identity.has_role("admin"):
             return True
-        return run.room is not None and identity.may_join(run.room)
+        if run.room is None:
+            return False
+        return run.room in rooms if rooms is not None else identity.may_join(run.room)
 
     async def subscribe_run(self, client: Client, payload: schemas.SubscribeRun) -> dict[str, Any]:
         runtime = self._runtime()
         run = await runtime.get_run(payload.run_id)
-        if run is None or not self.may_see_run(client.identity, run):
+        if run is None or not self.may_see_run(client.identity, run, client.rooms):
             raise HuddleError(ErrorCode.NOT_FOUND, f"run {payload.run_id!r} not found")
 
         target = run_room(run.id)
@@ -416,26 +414,26 @@ class ChatNamespace(socketio.AsyncNamespace):
             captured = self.hooks.release(hold, floor=payload.since_seq)
         assert current is not None
 
-        newest = payload.since_seq
-        for event in events:
-            await self.emit(f"agent:{event.type.value}", event.to_wire(), to=client.sid)
-            newest = event.seq
+        backlog = [(f"agent:{event.type.value}", event.to_wire()) for event in events]
+        newest = backlog[-1][1]["seq"] if backlog else payload.since_seq
         for name, data in sorted(captured, key=lambda item: item[1]["seq"]):
             if data["seq"] > newest:
-                await self.emit(name, data, to=client.sid)
+                backlog.append((name, data))
                 newest = data["seq"]
+        # Set before the first await, so a live copy of anything in the backlog is dropped.
         hold.floor = newest
+        for name, data in backlog:
+            await self.emit(name, data, to=client.sid)
         return {"ok": True, "run": current.to_wire(), "replayed": len(events)}
 
     async def cancel_run(self, client: Client, payload: schemas.CancelRun) -> dict[str, Any]:
         runtime = self._runtime()
         run = await runtime.get_run(payload.run_id)
-        if run is None or not self.may_see_run(client.identity, run):
+        if run is None or not self.may_see_run(client.identity, run, client.rooms):
             raise HuddleError(ErrorCode.NOT_FOUND, f"run {payload.run_id!r} not found")
         if run.status.finished:
             raise HuddleError(ErrorCode.CONFLICT, f"run {run.id} already ended {run.status.value}")
-        if not runtime.cancel(run.id):
-            raise HuddleError(ErrorCode.CONFLICT, f"run {run.id} is not running on this server")
+        await runtime.cancel_anywhere(run)
         return {"ok": True, "run": {"id": run.id, "status": "cancelling"}}
 
     async def emit_run_event(self, run: RunRecord, event: StoredRunEvent) -> None:
@@ -446,6 +444,10 @@ def _token_from(auth: Any, environ: dict[str, Any]) -> str | None:
     if isinstance(auth, dict) and isinstance(auth.get("token"), str):
         return str(auth["token"])
 
+    query = parse_qs(environ.get("QUERY_STRING", ""))
+    if query.get("token"):
+        return query["token"][0]
+
     header = environ.get("HTTP_AUTHORIZATION", "")
     if header.lower().startswith("bearer "):
         return str(header[7:].strip())
@@ -453,7 +455,7 @@ def _token_from(auth: Any, environ: dict[str, Any]) -> str | None:
     cookies = SimpleCookie()
     try:
         cookies.load(environ.get("HTTP_COOKIE", ""))
-    except Exception:
+    except CookieError:
         return None
     morsel = cookies.get(TOKEN_COOKIE)
     return morsel.value if morsel is not None else None

@@ -21,6 +21,8 @@ def main(argv: list[str] | None = None) -> None:
     serve.add_argument("--host", help="address to listen on (default: HUDDLE_HOST or 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to listen on (default: HUDDLE_PORT or 8000)")
 
+    commands.add_parser("worker", help="claim queued agent runs and execute them (needs REDIS_URL)")
+
     commands.add_parser("migrate", help="bring the database schema to the newest revision")
 
     token = commands.add_parser("token", help="print a signed token for local use")
@@ -36,15 +38,13 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.command == "serve":
         _serve(settings, args.host, args.port)
+    elif args.command == "worker":
+        _work(settings)
     elif args.command == "migrate":
         asyncio.run(_migrate(settings))
     elif args.command == "token":
         secret = load_or_create_secret(settings.jwt_secret, settings.data_dir)
-        print(
-            issue_token(
-                secret, args.user, name=args.name, roles=args.role, rooms=args.rooms, ttl_seconds=args.ttl
-            )
-        )
+        print(issue_token(secret, args.user, name=args.name, roles=args.role, rooms=args.rooms, ttl_seconds=args.ttl))
 
 
 def _configure_logging(level: str) -> None:
@@ -59,16 +59,18 @@ def _configure_logging(level: str) -> None:
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
 
 
-def _serve(settings: Settings, host: str | None, port: int | None) -> None:
-    from server.app import create_app
-
+def _install_uvloop() -> None:
     try:
         import uvloop
     except ImportError:
-        uvloop = None  # type: ignore[assignment]
-    if uvloop is not None:
-        uvloop.install()
+        return
+    uvloop.install()
 
+
+def _serve(settings: Settings, host: str | None, port: int | None) -> None:
+    from server.app import create_app
+
+    _install_uvloop()
     app = create_app(settings)
     web.run_app(
         app,
@@ -78,6 +80,13 @@ def _serve(settings: Settings, host: str | None, port: int | None) -> None:
         shutdown_timeout=10,
         print=lambda text: logging.getLogger("huddle").info(text.strip()),
     )
+
+
+def _work(settings: Settings) -> None:
+    from agents.worker import run_worker
+
+    _install_uvloop()
+    asyncio.run(run_worker(settings))
 
 
 async def _migrate(settings: Settings) -> None:

@@ -126,9 +126,7 @@ class DeliveryManager(socketio.AsyncManager):
             extra = self.hooks.skipped(event, data, target)
             if extra:
                 skip_sid = [*_as_list(skip_sid), *extra]
-        return await super().emit(
-            event, data, namespace, room=target, skip_sid=skip_sid, callback=callback, **kwargs
-        )
+        return await super().emit(event, data, namespace, room=target, skip_sid=skip_sid, callback=callback, **kwargs)
 
 
 class RedisDeliveryManager(socketio.AsyncRedisManager, DeliveryManager):

@@ -18,7 +18,7 @@ from server import schemas
 from server.auth import Identity, verify_token
 from server.chat import TOKEN_COOKIE, run_room
 from server.errors import ErrorCode, HuddleError
-from server.keys import CHAT, METRICS, RUNTIME, SECRET, SETTINGS, SIO, STORE
+from server.keys import CHAT, METRICS, RUNTIME, SECRET, SETTINGS, SIO, SSE_STREAMS, STORE
 from server.metrics import CONTENT_TYPE_LATEST
 
 log = logging.getLogger(__name__)
@@ -126,9 +126,7 @@ def _last_event_id(request: web.Request) -> int:
     try:
         value = int(raw)
     except ValueError as exc:
-        raise HuddleError(
-            ErrorCode.INVALID_ARGUMENT, f"Last-Event-ID must be a seq number, not {raw!r}"
-        ) from exc
+        raise HuddleError(ErrorCode.INVALID_ARGUMENT, f"Last-Event-ID must be a seq number, not {raw!r}") from exc
     if value < 0:
         raise HuddleError(ErrorCode.INVALID_ARGUMENT, "Last-Event-ID must not be negative")
     return value
@@ -151,6 +149,10 @@ async def _write_events(
     await response.write(b"retry: 2000\n\n")
     metrics.sse_streams.inc()
     newest = since
+    streams = request.app[SSE_STREAMS]
+    task = asyncio.current_task()
+    assert task is not None
+    streams.add(task)
     try:
         for event in backlog:
             await _write_event(response, event)
@@ -174,6 +176,7 @@ async def _write_events(
         log.debug("SSE client went away: %s", request.path)
         raise
     finally:
+        streams.discard(task)
         metrics.sse_streams.dec()
 
     with contextlib.suppress(ConnectionResetError):
@@ -191,7 +194,8 @@ async def room_messages(request: web.Request) -> web.Response:
     identity = identify(request)
     room = request.match_info["room"]
     try:
-        query = schemas.RoomHistory.model_validate({"room": room, **request.query})
+        # Query strings carry numbers as text, so they are parsed leniently.
+        query = schemas.RoomHistory.model_validate({"room": room, **request.query}, strict=False)
     except ValidationError as exc:
         raise HuddleError(ErrorCode.INVALID_ARGUMENT, schemas.describe_validation_error(exc)) from exc
     if not identity.may_join(room):
@@ -201,15 +205,12 @@ async def room_messages(request: web.Request) -> web.Response:
     if await store.last_seq(room) is None:
         raise HuddleError(ErrorCode.NOT_FOUND, f"room {room!r} not found")
 
-    limit = query.limit
-    if query.before_seq is not None:
-        rows = await store.messages_before(room, query.before_seq, limit + 1)
-        has_more = len(rows) > limit
-        rows = rows[-limit:] if has_more else rows
-    else:
-        rows = await store.messages_after(room, query.after_seq or 0, limit + 1)
-        has_more = len(rows) > limit
-        rows = rows[:limit]
+    rows, has_more = await store.history_page(
+        room,
+        after_seq=query.after_seq,
+        before_seq=query.before_seq,
+        limit=min(query.limit, request.app[SETTINGS].history_page_max),
+    )
     return web.json_response({"room": room, "messages": [m.to_wire() for m in rows], "has_more": has_more})
 
 
@@ -228,6 +229,13 @@ async def healthz(request: web.Request) -> web.Response:
 async def metrics(request: web.Request) -> web.Response:
     body = request.app[METRICS].render()
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def close_event_streams(app: web.Application) -> None:
+    """End open SSE responses at shutdown; clients reconnect with Last-Event-ID elsewhere."""
+    streams: set[asyncio.Task[Any]] = app[SSE_STREAMS]
+    for task in list(streams):
+        task.cancel()
 
 
 @web.middleware

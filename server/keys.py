@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import asyncio
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -22,3 +23,4 @@ SIO: web.AppKey[socketio.AsyncServer] = web.AppKey("sio")
 STORE: web.AppKey[Store] = web.AppKey("store")
 RUNTIME: web.AppKey[AgentRuntime] = web.AppKey("runtime")
 CHAT: web.AppKey[ChatNamespace] = web.AppKey("chat")
+SSE_STREAMS: web.AppKey[set[asyncio.Task[Any]]] = web.AppKey("sse_streams")

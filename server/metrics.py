@@ -11,18 +11,14 @@ __all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.connections = Gauge(
-            "huddle_connections", "Socket.IO connections open now", registry=self.registry
-        )
+        self.connections = Gauge("huddle_connections", "Socket.IO connections open now", registry=self.registry)
         self.events = Counter(
             "huddle_events_total",
             "Client events received, by event and outcome",
             ["event", "outcome"],
             registry=self.registry,
         )
-        self.messages_stored = Counter(
-            "huddle_messages_stored_total", "Chat messages stored", registry=self.registry
-        )
+        self.messages_stored = Counter("huddle_messages_stored_total", "Chat messages stored", registry=self.registry)
         self.commit_seconds = Histogram(
             "huddle_store_commit_seconds",
             "Time to commit one group of writes, by writer",
@@ -37,24 +33,26 @@ class Metrics:
             registry=self.registry,
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
         )
-        self.runs = Gauge(
-            "huddle_runs",
-            "Agent runs started by this process, by current status",
+        self.runs_started = Counter(
+            "huddle_runs_started_total", "Agent runs created through this process", registry=self.registry
+        )
+        self.runs_finished = Counter(
+            "huddle_runs_finished_total",
+            "Agent runs this process ended, by final status",
             ["status"],
             registry=self.registry,
         )
-        self.sse_streams = Gauge(
-            "huddle_sse_streams", "Server-sent event streams open now", registry=self.registry
-        )
+        self.sse_streams = Gauge("huddle_sse_streams", "Server-sent event streams open now", registry=self.registry)
 
     def observe_commit(self, writer: str, size: int, seconds: float) -> None:
         self.commit_seconds.labels(writer).observe(seconds)
         self.commit_batch_size.labels(writer).observe(size)
 
-    def run_moved(self, old: str | None, new: str) -> None:
-        if old is not None:
-            self.runs.labels(old).dec()
-        self.runs.labels(new).inc()
+    def run_started(self) -> None:
+        self.runs_started.inc()
+
+    def run_finished(self, status: str) -> None:
+        self.runs_finished.labels(status).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

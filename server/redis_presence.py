@@ -134,10 +134,7 @@ class RedisPresence:
         return await self._remove(entry)
 
     async def members(self, room: str) -> list[Member]:
-        names = {
-            str(user_id): str(name)
-            for user_id, name in (await self._redis.hgetall(_members_key(room))).items()
-        }
+        names = {str(user_id): str(name) for user_id, name in (await self._redis.hgetall(_members_key(room))).items()}
         return [Member(user_id, names[user_id]) for user_id in sorted(names)]
 
     async def _add(self, entry: _Entry) -> bool:

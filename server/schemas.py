@@ -13,7 +13,8 @@ Seq = Annotated[int, Field(ge=0)]
 
 
 class Payload(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    # Strict: a client that sends "5" for a seq or 1 for a bool gets invalid_argument, not a guess.
+    model_config = ConfigDict(extra="ignore", frozen=True, strict=True)
 
 
 class JoinRoom(Payload):

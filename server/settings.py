@@ -7,7 +7,7 @@ import os
 import socket
 import uuid
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -40,9 +40,7 @@ class Settings(BaseSettings):
     """When set, broadcasts, presence and run events are shared with every other process
     through this Redis server (`redis://host:6379/0`)."""
 
-    node_id: str = Field(
-        default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-    )
+    node_id: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}")
     """This process's id in shared presence; unique per process by default."""
 
     presence_ttl_seconds: float = 10.0
@@ -117,12 +115,24 @@ class Settings(BaseSettings):
     agent_max_runs_per_user: int = 5
     """Runs one user may have queued or running at once."""
 
-    agent_max_input_bytes: int = 1_100_000
-    """Largest run input, as JSON in UTF-8 bytes."""
+    agent_max_input_bytes: int = 900_000
+    """Largest run input, as JSON in UTF-8 bytes; below `max_payload_bytes` so that it is the
+    limit a client meets."""
 
     agent_plugins: Annotated[list[str], NoDecode] = []
     """Extra agent classes as `package.module:ClassName`, comma-separated, besides the
     `huddle.agents` entry points."""
+
+    agent_execution: Literal["inline", "workers"] = "inline"
+    """Where runs execute: in the serving process (`inline`), or in `huddle worker` processes
+    (`workers`, which needs REDIS_URL for their events to reach subscribers)."""
+
+    run_lease_seconds: float = 15.0
+    """How long a process holds a run without renewing; after that the run is failed or, with
+    workers, taken over. Renewed every third of it."""
+
+    worker_poll_seconds: float = 1.0
+    """How often an idle worker checks the database for runs, besides Redis job notices."""
 
     delta_flush_seconds: float = 0.1
     """How long streamed deltas may wait in memory before they are written in one transaction."""
@@ -132,6 +142,9 @@ class Settings(BaseSettings):
 
     assistant_history_messages: int = 30
     """Recent room messages given to the assistant as context."""
+
+    assistant_max_replies_per_room: int = 2
+    """Replies streaming at once in one room; a mention beyond it gets no reply."""
 
     assistant_offline_delay_seconds: float = 0.03
     """Pause between the words of an offline answer, so that it streams like a model's."""

@@ -20,6 +20,7 @@ from agents.assistant import Turn, model_messages, offline_answer, word_pieces
 from agents.llm import LLMError, LLMProvider
 from models.records import StoredMessage
 from models.store import MessageWrite, Store
+from server.auth import RESERVED_USER_PREFIX
 from server.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -29,6 +30,14 @@ Broadcast = Callable[[str, dict[str, Any]], Awaitable[None]]
 
 Publish = Callable[[StoredMessage], Awaitable[None]]
 """Broadcasts a newly stored message as `message:new`."""
+
+ASSISTANT_PREFIX = RESERVED_USER_PREFIX
+
+
+def assistant_user_id(name: str) -> str:
+    """The assistant's user id. Tokens whose `sub` starts with the prefix are refused, so no
+    person can write as an assistant."""
+    return f"{ASSISTANT_PREFIX}{name}"
 
 
 @dataclass(eq=False)
@@ -40,11 +49,14 @@ class ReplyStream:
     task: asyncio.Task[None] | None = None
     stop_requested: bool = False
 
+    def user(self) -> dict[str, str]:
+        return {"id": assistant_user_id(self.name), "name": self.name}
+
     def to_wire(self) -> dict[str, Any]:
         return {
             "stream_id": self.stream_id,
             "room": self.room,
-            "user": {"id": self.name, "name": self.name},
+            "user": self.user(),
             "text": "".join(self.deltas),
             "next_index": len(self.deltas),
         }
@@ -80,12 +92,16 @@ class RoomAssistant:
 
     def mentioned(self, message: StoredMessage) -> str | None:
         """The assistant named in the message, unless an assistant wrote it."""
-        if message.user_id.lower() in self.names:
+        if message.user_id.startswith(ASSISTANT_PREFIX):
             return None
         match = self._mention.search(message.text)
         return match.group(1).lower() if match else None
 
-    def start(self, message: StoredMessage, name: str) -> ReplyStream:
+    def start(self, message: StoredMessage, name: str) -> ReplyStream | None:
+        """Start a reply, unless the room already has `assistant_max_replies_per_room` streaming."""
+        if len(self.active_in(message.room)) >= self._settings.assistant_max_replies_per_room:
+            log.info("assistant %s not replying in room=%s: replies already streaming", name, message.room)
+            return None
         stream = ReplyStream(uuid.uuid4().hex, message.room, name)
         self._streams[stream.stream_id] = stream
         stream.task = asyncio.create_task(self._reply(stream, message), name=f"reply-{stream.stream_id}")
@@ -151,13 +167,19 @@ class RoomAssistant:
     async def _push(self, stream: ReplyStream, delta: str) -> None:
         index = len(stream.deltas)
         stream.deltas.append(delta)
-        payload = {"room": stream.room, "stream_id": stream.stream_id, "delta": delta, "index": index}
+        payload = {
+            "room": stream.room,
+            "stream_id": stream.stream_id,
+            "user": stream.user(),
+            "delta": delta,
+            "index": index,
+        }
         await self._broadcast_delta(stream.room, payload)
 
     async def _finish(self, stream: ReplyStream, status: str | None) -> None:
         write = MessageWrite(
             room=stream.room,
-            user_id=stream.name,
+            user_id=assistant_user_id(stream.name),
             user_name=stream.name,
             text="".join(stream.deltas),
             client_id=stream.stream_id,
@@ -172,6 +194,4 @@ class RoomAssistant:
         except Exception:
             self._streams.pop(stream.stream_id, None)
             log.exception("assistant reply %s could not be stored", stream.stream_id)
-        log.info(
-            "assistant reply %s in room=%s ended %s", stream.stream_id, stream.room, status or "complete"
-        )
+        log.info("assistant reply %s in room=%s ended %s", stream.stream_id, stream.room, status or "complete")

@@ -54,7 +54,7 @@ class Member:
 
     async def reply_from(self, name: str) -> dict[str, Any]:
         def replies() -> list[dict[str, Any]]:
-            return [message for message in self.messages if message["user"]["id"] == name]
+            return [message for message in self.messages if message["user"]["id"] == f"agent:{name}"]
 
         async with asyncio.timeout(20), self._changed:
             await self._changed.wait_for(lambda: bool(replies()))

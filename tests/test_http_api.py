@@ -171,7 +171,7 @@ def test_metrics_names(huddle_server: HuddleServer) -> None:
         "huddle_events_total",
         "huddle_messages_stored_total",
         "huddle_store_commit_seconds",
-        "huddle_runs",
+        "huddle_runs_started_total",
     ):
         assert name in text
 
@@ -209,3 +209,18 @@ async def test_non_object_payloads_get_invalid_argument(huddle_server: HuddleSer
         await client.disconnect()
     assert [ack["error"]["code"] for ack in acks] == ["invalid_argument"] * 3
     assert still["ok"] is True
+
+
+async def test_wrongly_typed_fields_get_invalid_argument(huddle_server: HuddleServer) -> None:
+    client = await connect(huddle_server)
+    try:
+        await client.call("room:join", {"room": "typed"}, timeout=10)
+        acks = [
+            await client.call("typing", {"room": "typed", "typing": "yes"}, timeout=10),
+            await client.call("typing", {"room": "typed", "typing": 1}, timeout=10),
+            await client.call("room:join", {"room": "typed", "since_seq": "5"}, timeout=10),
+            await client.call("room:history", {"room": "typed", "limit": 2.5}, timeout=10),
+        ]
+    finally:
+        await client.disconnect()
+    assert [ack["error"]["code"] for ack in acks] == ["invalid_argument"] * 4
