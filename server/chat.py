@@ -19,6 +19,7 @@ from models.records import RunRecord, StoredMessage, StoredRunEvent
 from models.store import AppendResult, MessageWrite, RoomNotFound, Store
 from server import schemas
 from server.auth import Identity, verify_token
+from server.clients import AddressLimiter, client_address, parse_networks
 from server.delivery import DeliveryHooks
 from server.errors import ErrorCode, HuddleError, error_ack
 from server.metrics import Metrics
@@ -70,6 +71,8 @@ class ChatNamespace(socketio.AsyncNamespace):
         self.runtime: AgentRuntime | None = None
         self.assistant: RoomAssistant | None = None
         self._clients: dict[str, Client] = {}
+        self._trusted = parse_networks(settings.trusted_proxies)
+        self._connections = AddressLimiter(settings.connect_rate_per_second, settings.connect_burst)
         self._handlers: dict[str, tuple[type[BaseModel], Handler]] = {
             "room:join": (schemas.JoinRoom, self.join_room),
             "room:leave": (schemas.LeaveRoom, self.leave_room),
@@ -139,17 +142,25 @@ class ChatNamespace(socketio.AsyncNamespace):
     # Connection
 
     async def on_connect(self, sid: str, environ: dict[str, Any], auth: Any) -> None:
+        request = environ.get("aiohttp.request")
+        peer = request.remote if request is not None else None
+        address = client_address(peer, environ.get("HTTP_X_FORWARDED_FOR"), self._trusted)
+        if not self._connections.allow(address):
+            log.warning("connection refused: sid=%s address=%s: too many new connections", sid, address)
+            refusal = HuddleError(ErrorCode.RATE_LIMITED, "too many new connections from your address; retry later")
+            raise socketio.exceptions.ConnectionRefusedError(refusal.message, refusal.to_dict())
+
         token = _token_from(auth, environ)
         try:
             identity = verify_token(self.secret, token)
         except HuddleError as exc:
-            log.info("connection refused: sid=%s %s", sid, exc.message)
+            log.info("connection refused: sid=%s address=%s: %s", sid, address, exc.message)
             raise socketio.exceptions.ConnectionRefusedError(exc.message, exc.to_dict()) from exc
 
         bucket = TokenBucket(self.settings.rate_limit_events_per_second, self.settings.rate_limit_burst)
         self._clients[sid] = Client(sid, identity, bucket, set())
         self.metrics.connections.inc()
-        log.debug("connected: sid=%s user=%s", sid, identity.user_id)
+        log.debug("connected: sid=%s user=%s address=%s", sid, identity.user_id, address)
 
     async def on_disconnect(self, sid: str) -> None:
         client = self._clients.pop(sid, None)

@@ -12,6 +12,8 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from server.clients import parse_networks
+
 
 def _default_node_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
@@ -68,6 +70,16 @@ class Settings(BaseSettings):
 
     rate_limit_burst: int = 60
     """Events a connection may send at once before the rate limit applies."""
+
+    connect_rate_per_second: float = 10.0
+    """New Socket.IO connections per second allowed from one client address."""
+
+    connect_burst: int = 50
+    """Connections one address may open at once before its connection rate applies."""
+
+    trusted_proxies: Annotated[list[str], NoDecode] = []
+    """Addresses or CIDR blocks of the proxies (nginx) whose X-Forwarded-For is believed, for the
+    client addresses in logs and connection limits; comma-separated. Empty: the peer address."""
 
     history_page_max: int = 200
     join_missed_max: int = 100
@@ -151,7 +163,13 @@ class Settings(BaseSettings):
 
     log_level: str = "INFO"
 
-    @field_validator("cors_origins", "assistant_names", "agent_plugins", mode="before")
+    @field_validator("trusted_proxies", mode="after")
+    @classmethod
+    def _check_networks(cls, value: list[str]) -> list[str]:
+        parse_networks(value)
+        return value
+
+    @field_validator("cors_origins", "assistant_names", "agent_plugins", "trusted_proxies", mode="before")
     @classmethod
     def _split_origins(cls, value: object) -> object:
         if not isinstance(value, str):

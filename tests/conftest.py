@@ -77,6 +77,9 @@ class HuddleServer:
             "HUDDLE_JWT_SECRET": self.secret,
             "HUDDLE_LOG_LEVEL": "INFO",
             "HUDDLE_FETCH_ALLOW_PRIVATE": "true",
+            # Every test client connects from 127.0.0.1; the connection limit has tests of its own.
+            "HUDDLE_CONNECT_RATE_PER_SECOND": "10000",
+            "HUDDLE_CONNECT_BURST": "10000",
             "PYTHONPATH": str(ROOT),
             **self.env,
         }
