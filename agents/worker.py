@@ -16,18 +16,17 @@ import logging
 import signal
 from contextlib import AsyncExitStack
 
-import redis.asyncio as redis
 import socketio
 
 from agents.control import RunControl
 from agents.registry import load_agents
 from agents.runlog import RedisRunLog
 from agents.runtime import AgentRuntime
-from models.database import create_engine, migrate
 from models.records import RunRecord, StoredRunEvent
 from models.store import Store
 from server.chat import run_room
 from server.metrics import Metrics
+from server.resources import SOCKETIO_CHANNEL, open_redis, open_store
 from server.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -76,18 +75,13 @@ async def run_worker(settings: Settings) -> None:
     if not settings.redis_url:
         raise SystemExit("huddle worker needs REDIS_URL: its run events reach subscribers through Redis")
 
-    engine = create_engine(settings.resolved_database_url)
-    if settings.migrate_on_start:
-        await migrate(engine)
-
     async with AsyncExitStack() as stack:
-        stack.push_async_callback(engine.dispose)
-        client = redis.from_url(settings.redis_url, decode_responses=True, health_check_interval=10)
-        stack.push_async_callback(client.aclose)
-        store = await stack.enter_async_context(Store(engine, commit_batch_max=settings.commit_batch_max))
+        store = await open_store(settings, stack)
+        client = open_redis(settings, stack)
+        assert client is not None
 
         manager = socketio.AsyncRedisManager(
-            settings.redis_url, channel="huddle:socketio", write_only=True, logger=logging.getLogger("huddle.redis")
+            settings.redis_url, channel=SOCKETIO_CHANNEL, write_only=True, logger=logging.getLogger("huddle.redis")
         )
 
         async def emit(run: RunRecord, event: StoredRunEvent) -> None:

@@ -15,8 +15,6 @@ from agents.control import RunControl
 from agents.registry import load_agents
 from agents.runlog import RedisRunLog
 from agents.runtime import AgentRuntime
-from models.database import create_engine, migrate
-from models.store import Store
 from server.auth import load_or_create_secret
 from server.chat import ChatNamespace
 from server.delivery import DeliveryManager, RedisDeliveryManager
@@ -25,6 +23,7 @@ from server.keys import CHAT, METRICS, RUNTIME, SECRET, SETTINGS, SIO, SSE_STREA
 from server.metrics import Metrics
 from server.presence import Member, MemoryPresence
 from server.redis_presence import RedisPresence
+from server.resources import SOCKETIO_CHANNEL, open_redis, open_store
 from server.settings import Settings
 from server.streams import RoomAssistant
 from server.transport import disconnect_everyone, origin_checker, read_polling_bodies_whole
@@ -75,16 +74,9 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     if settings.agent_execution == "workers" and not settings.redis_url:
         raise RuntimeError("HUDDLE_AGENT_EXECUTION=workers needs REDIS_URL, so that workers' events reach subscribers")
 
-    engine = create_engine(settings.resolved_database_url)
-    if settings.migrate_on_start:
-        await migrate(engine)
-
     async with AsyncExitStack() as stack:
-        stack.push_async_callback(engine.dispose)
-        client = _redis_client(settings, stack)
-        store = await stack.enter_async_context(
-            Store(engine, commit_batch_max=settings.commit_batch_max, on_commit=metrics.observe_commit)
-        )
+        store = await open_store(settings, stack, metrics.observe_commit)
+        client = open_redis(settings, stack)
         chat = ChatNamespace(settings=settings, secret=app[SECRET], store=store, metrics=metrics)
         chat.presence = await stack.enter_async_context(_presence(settings, chat, client))
         app[SIO].register_namespace(chat)
@@ -109,21 +101,13 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         log.info(
             "huddle ready: node=%s database=%s redis=%s agents=%s execution=%s",
             settings.node_id,
-            engine.url.render_as_string(),
+            store.engine.url.render_as_string(),
             "on" if client is not None else "off",
             sorted(runtime.agents),
             settings.agent_execution,
         )
         yield
         log.info("huddle stopping: node=%s", settings.node_id)
-
-
-def _redis_client(settings: Settings, stack: AsyncExitStack) -> redis.Redis | None:
-    if not settings.redis_url:
-        return None
-    client = redis.from_url(settings.redis_url, decode_responses=True, health_check_interval=10)
-    stack.push_async_callback(client.aclose)
-    return client
 
 
 def _cancel_handler(runtime: AgentRuntime) -> Callable[[dict[str, str]], Awaitable[None]]:
@@ -155,7 +139,7 @@ def _presence(settings: Settings, chat: ChatNamespace, client: redis.Redis | Non
 def _client_manager(settings: Settings) -> socketio.AsyncManager:
     if settings.redis_url:
         return RedisDeliveryManager(
-            settings.redis_url, channel="huddle:socketio", logger=logging.getLogger("huddle.redis")
+            settings.redis_url, channel=SOCKETIO_CHANNEL, logger=logging.getLogger("huddle.redis")
         )
     return DeliveryManager()
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,7 +27,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.conftest import free_port
+from tests.threaded_server import serve_in_thread
 
 
 @dataclass
@@ -130,30 +129,7 @@ def _make_app(state: FakeOpenAI) -> web.Application:
 
 @contextmanager
 def serve_fake_openai() -> Iterator[FakeOpenAI]:
-    port = free_port()
-    state = FakeOpenAI(base_url=f"http://127.0.0.1:{port}/v1")
-    loop = asyncio.new_event_loop()
-    runner = web.AppRunner(_make_app(state), shutdown_timeout=0.5)
-    started = threading.Event()
-
-    def run() -> None:
-        asyncio.set_event_loop(loop)
-        loop.run_until_complete(runner.setup())
-        loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", port).start())
-        started.set()
-        loop.run_forever()
-        loop.run_until_complete(runner.cleanup())
-        pending = asyncio.all_tasks(loop)
-        for task in pending:
-            task.cancel()
-        loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-        loop.close()
-
-    thread = threading.Thread(target=run, name="fake-openai", daemon=True)
-    thread.start()
-    started.wait(10)
-    try:
+    state = FakeOpenAI(base_url="")
+    with serve_in_thread(_make_app(state), "fake-openai") as base_url:
+        state.base_url = f"{base_url}/v1"
         yield state
-    finally:
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from aiohttp import web
 
-from tests.conftest import free_port
+from tests.threaded_server import serve_in_thread
 
 ARTICLE = """<!doctype html>
 <html><head><title>Tide Pools of the North Coast</title></head>
@@ -43,32 +42,8 @@ async def _slow(request: web.Request) -> web.Response:
 @contextmanager
 def serve_pages() -> Iterator[str]:
     """Serve `/article` and `/slow?seconds=N` on 127.0.0.1; yield the base URL."""
-    port = free_port()
-    loop = asyncio.new_event_loop()
     app = web.Application()
     app.router.add_get("/article", _article)
     app.router.add_get("/slow", _slow)
-    runner = web.AppRunner(app, shutdown_timeout=0.5)
-    started = threading.Event()
-
-    def run() -> None:
-        asyncio.set_event_loop(loop)
-        loop.run_until_complete(runner.setup())
-        loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", port).start())
-        started.set()
-        loop.run_forever()
-        loop.run_until_complete(runner.cleanup())
-        pending = asyncio.all_tasks(loop)
-        for task in pending:
-            task.cancel()
-        loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-        loop.close()
-
-    thread = threading.Thread(target=run, name="page-server", daemon=True)
-    thread.start()
-    started.wait(10)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
+    with serve_in_thread(app, "page-server") as base_url:
+        yield base_url
