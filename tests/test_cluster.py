@@ -234,3 +234,19 @@ async def test_run_on_one_replica_streams_to_the_other(replicas: list[HuddleServ
     events = [e for name in ("agent:stage", "agent:section", "agent:done") for e in watcher.got(name)]
     assert sorted(e["seq"] for e in events) == list(range(1, done[0]["seq"] + 1))
     assert done[0]["status"] == "completed"
+
+
+async def test_typing_crosses_replicas(replicas: list[HuddleServer]) -> None:
+    room = room_name()
+    ann, bob = await Peer(replicas[0], "ann").connect(), await Peer(replicas[1], "bob").connect()
+    try:
+        await ann.call("room:join", {"room": room})
+        await bob.call("room:join", {"room": room})
+        await ann.call("typing", {"room": room, "typing": True})
+        [typing] = await bob.wait_for("typing", 1)
+    finally:
+        await ann.close()
+        await bob.close()
+
+    assert typing == {"room": room, "user": {"id": "ann", "name": "Ann"}, "typing": True}
+    assert ann.got("typing") == []
