@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import event
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
 
@@ -28,6 +30,17 @@ def create_engine(url: str) -> AsyncEngine:
     return create_async_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
 
 
+def create_write_engine(engine: AsyncEngine) -> Engine | None:
+    """A synchronous engine on the same SQLite file, for the group-commit writer thread; None
+    for other databases, whose async drivers need no thread."""
+    if engine.dialect.name != "sqlite" or engine.url.database in (None, "", ":memory:"):
+        return None
+    url = engine.url.set(drivername="sqlite")
+    sync_engine = sqlalchemy.create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+    event.listen(sync_engine, "connect", _configure_sqlite)
+    return sync_engine
+
+
 def _configure_sqlite(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
     # WAL lets readers run beside the writer; synchronous=NORMAL keeps every committed
     # transaction across a process crash (not across power loss) at a fraction of the fsyncs.
@@ -36,6 +49,9 @@ def _configure_sqlite(dbapi_connection: Any, record: ConnectionPoolEntry) -> Non
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=30000")
+    # Checkpoints run in the background (see WalCheckpointer): one run by a committing
+    # connection would hold up every writer queued behind it while it fsyncs.
+    cursor.execute("PRAGMA wal_autocheckpoint=0")
     cursor.close()
 
 
@@ -58,3 +74,39 @@ async def migrate(engine: AsyncEngine) -> None:
     async with engine.begin() as connection:
         await connection.run_sync(upgrade)
     log.info("database schema is at the newest revision (%s)", engine.url.render_as_string())
+
+
+class WalCheckpointer:
+    """Copies SQLite's write-ahead log into the database file every `interval` seconds, from a
+    thread and connection of its own, so that no commit waits for a checkpoint's fsync.
+
+    :param engine: a synchronous engine on the database file.
+    :param interval: seconds between checkpoints (default 1.0).
+    """
+
+    def __init__(self, engine: Engine, interval: float = 1.0) -> None:
+        self._engine = engine
+        self._interval = interval
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> WalCheckpointer:
+        self._task = asyncio.create_task(self._run(), name="wal-checkpoint")
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        await asyncio.to_thread(self._checkpoint, "TRUNCATE")
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            try:
+                await asyncio.to_thread(self._checkpoint, "PASSIVE")
+            except Exception:
+                log.exception("WAL checkpoint failed")
+
+    def _checkpoint(self, mode: str) -> None:
+        with self._engine.connect() as connection:
+            connection.exec_driver_sql(f"PRAGMA wal_checkpoint({mode})")

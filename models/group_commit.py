@@ -6,18 +6,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 log = logging.getLogger(__name__)
 
 W = TypeVar("W")
 
-BatchApplier = Callable[[AsyncConnection, Sequence[W]], Awaitable[Sequence[Any]]]
-"""Writes a batch on an open transaction and returns one result per write, in order."""
+BatchApplier = Callable[[Connection, Sequence[W], bool], Sequence[Any]]
+"""Writes a batch on an open transaction and returns one result per write, in order. The flag
+asks for care over speed; it is set when a write is retried alone after its batch failed."""
 
 
 @dataclass(slots=True)
@@ -41,6 +44,9 @@ class GroupCommitter(Generic[W]):
     :param on_commit: called with (batch size, seconds the commit took) after each commit.
     :param after_commit: called with the batch's results after it commits and before any caller
         resumes, so the callback sees every write before its caller acts on it.
+    :param sync_engine: when given (SQLite), each transaction runs whole on this synchronous
+        engine in a thread of its own, one hand-off per batch instead of one per statement;
+        otherwise it runs on `engine` through SQLAlchemy's `run_sync`.
     """
 
     def __init__(
@@ -52,6 +58,7 @@ class GroupCommitter(Generic[W]):
         max_batch: int = 512,
         on_commit: Callable[[int, float], None] | None = None,
         after_commit: Callable[[Sequence[Any]], None] | None = None,
+        sync_engine: Engine | None = None,
     ) -> None:
         self._engine = engine
         self._apply = apply
@@ -59,6 +66,8 @@ class GroupCommitter(Generic[W]):
         self._max_batch = max_batch
         self._on_commit = on_commit
         self._after_commit = after_commit
+        self._sync_engine = sync_engine
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix=f"commit-{name}") if sync_engine else None
         self._queue: asyncio.Queue[_Pending[W] | None] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
 
@@ -70,6 +79,8 @@ class GroupCommitter(Generic[W]):
         await self._queue.put(None)
         if self._task is not None:
             await self._task
+        if self._thread is not None:
+            self._thread.shutdown(wait=True)
 
     async def submit(self, write: W) -> Any:
         """Queue a write and return its result once it is committed."""
@@ -102,7 +113,7 @@ class GroupCommitter(Generic[W]):
     async def _commit(self, batch: list[_Pending[W]]) -> None:
         started = time.perf_counter()
         try:
-            results = await self._transaction([pending.write for pending in batch])
+            results = await self._transaction([pending.write for pending in batch], careful=len(batch) == 1)
         except Exception as exc:
             if len(batch) == 1:
                 log.exception("%s write failed", self._name)
@@ -126,9 +137,17 @@ class GroupCommitter(Generic[W]):
             else:
                 _settle(pending.future, result=result)
 
-    async def _transaction(self, writes: list[W]) -> Sequence[Any]:
+    async def _transaction(self, writes: list[W], careful: bool) -> Sequence[Any]:
+        if self._sync_engine is not None:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._thread, self._transaction_in_thread, writes, careful)
         async with self._engine.begin() as connection:
-            return await self._apply(connection, writes)
+            return await connection.run_sync(self._apply, writes, careful)
+
+    def _transaction_in_thread(self, writes: list[W], careful: bool) -> Sequence[Any]:
+        assert self._sync_engine is not None
+        with self._sync_engine.begin() as connection:
+            return self._apply(connection, writes, careful)
 
 
 def _settle(future: asyncio.Future[Any], *, result: Any = None, error: BaseException | None = None) -> None:

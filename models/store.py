@@ -17,9 +17,10 @@ from typing import Any, cast
 
 from sqlalchemy import Table, case, func, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Row
+from sqlalchemy.engine import Connection, Row
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from models.database import WalCheckpointer, create_write_engine
 from models.group_commit import GroupCommitter
 from models.records import (
     EventType,
@@ -111,6 +112,7 @@ class Store:
                 return None
             return lambda size, seconds: on_commit(name, size, seconds)
 
+        self._write_engine = create_write_engine(engine)
         self._messages: GroupCommitter[MessageWrite] = GroupCommitter(
             engine,
             _apply_messages,
@@ -118,6 +120,7 @@ class Store:
             max_batch=commit_batch_max,
             on_commit=report("messages"),
             after_commit=self._announce_messages,
+            sync_engine=self._write_engine,
         )
         self._events: GroupCommitter[list[EventWrite]] = GroupCommitter(
             engine,
@@ -125,6 +128,7 @@ class Store:
             name="run_events",
             max_batch=commit_batch_max,
             on_commit=report("run_events"),
+            sync_engine=self._write_engine,
         )
 
     def _announce_messages(self, results: Sequence[Any]) -> None:
@@ -134,12 +138,16 @@ class Store:
                     listener(result.message)
 
     async def __aenter__(self) -> Store:
+        if self._write_engine is not None:
+            await self._exit_stack.enter_async_context(WalCheckpointer(self._write_engine))
         await self._exit_stack.enter_async_context(self._messages)
         await self._exit_stack.enter_async_context(self._events)
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self._exit_stack.aclose()
+        if self._write_engine is not None:
+            self._write_engine.dispose()
 
     # Rooms and messages
 
@@ -380,9 +388,11 @@ def _insert_ignoring_conflict(connection: AsyncConnection, table: Any, keys: lis
     return sqlite.insert(table).on_conflict_do_nothing(index_elements=keys)
 
 
-async def _apply_messages(connection: AsyncConnection, writes: Sequence[MessageWrite]) -> list[Any]:
+def _apply_messages(connection: Connection, writes: Sequence[MessageWrite], careful: bool) -> list[Any]:
+    """Store a batch of messages. Unless `careful`, retries of stored messages are left to the
+    unique constraint, which fails the batch; the committer then repeats each write carefully."""
     results: list[Any] = [None] * len(writes)
-    existing = await _existing_messages(connection, writes)
+    existing = _existing_messages(connection, writes) if careful else {}
 
     fresh: dict[tuple[str, str, str], int] = {}
     per_room: dict[str, list[int]] = {}
@@ -397,7 +407,7 @@ async def _apply_messages(connection: AsyncConnection, writes: Sequence[MessageW
             per_room.setdefault(write.room, []).append(index)
 
     if per_room:
-        last_seqs = await _reserve_seqs(connection, {room: len(ix) for room, ix in per_room.items()})
+        last_seqs = _reserve_seqs(connection, {room: len(ix) for room, ix in per_room.items()})
         now = utc_now()
         rows = []
         for room, indexes in per_room.items():
@@ -422,7 +432,7 @@ async def _apply_messages(connection: AsyncConnection, writes: Sequence[MessageW
                 results[index] = AppendResult(message, created=True)
                 rows.append(_message_row(message))
         if rows:
-            await connection.execute(messages_t.insert(), rows)
+            connection.execute(messages_t.insert(), rows)
 
     for index, write in enumerate(writes):
         if results[index] is None:
@@ -431,12 +441,12 @@ async def _apply_messages(connection: AsyncConnection, writes: Sequence[MessageW
     return results
 
 
-async def _existing_messages(
-    connection: AsyncConnection, writes: Sequence[MessageWrite]
+def _existing_messages(
+    connection: Connection, writes: Sequence[MessageWrite]
 ) -> dict[tuple[str, str, str], StoredMessage]:
     pairs = {(write.room, write.client_id) for write in writes}
     query = select(messages_t).where(tuple_(messages_t.c.room, messages_t.c.client_id).in_(pairs))
-    rows = (await connection.execute(query)).all()
+    rows = connection.execute(query).all()
     found = {}
     for row in rows:
         message = _message_from_row(row)
@@ -444,7 +454,7 @@ async def _existing_messages(
     return found
 
 
-async def _reserve_seqs(connection: AsyncConnection, counts: dict[str, int]) -> dict[str, int]:
+def _reserve_seqs(connection: Connection, counts: dict[str, int]) -> dict[str, int]:
     """Advance each room's counter by its count in one statement; return the new last seqs.
 
     The row locks this takes serialize concurrent writers to the same room until commit."""
@@ -455,18 +465,18 @@ async def _reserve_seqs(connection: AsyncConnection, counts: dict[str, int]) -> 
         .values(last_seq=rooms_t.c.last_seq + increment)
         .returning(rooms_t.c.name, rooms_t.c.last_seq)
     )
-    rows = (await connection.execute(statement)).all()
+    rows = connection.execute(statement).all()
     return {row.name: int(row.last_seq) for row in rows}
 
 
-async def _apply_events(connection: AsyncConnection, groups: Sequence[list[EventWrite]]) -> list[Any]:
+def _apply_events(connection: Connection, groups: Sequence[list[EventWrite]], careful: bool) -> list[Any]:
     now = utc_now()
     writes = [write for group in groups for write in group]
     rows = [
         {"run_id": w.run_id, "seq": w.seq, "type": w.type.value, "payload": w.payload, "created_at": now}
         for w in writes
     ]
-    await connection.execute(events_t.insert(), rows)
+    connection.execute(events_t.insert(), rows)
 
     latest: dict[str, EventWrite] = {}
     for write in writes:
@@ -489,7 +499,7 @@ async def _apply_events(connection: AsyncConnection, groups: Sequence[list[Event
         statement = update(runs_t).where(runs_t.c.id == run_id)
         if write.owner is not None:
             statement = statement.where(runs_t.c.owner == write.owner)
-        if (await connection.execute(statement.values(**values))).rowcount != 1:
+        if connection.execute(statement.values(**values)).rowcount != 1:
             raise LostOwnership(f"run {run_id} is no longer owned by {write.owner}")
 
     return [[StoredRunEvent(w.run_id, w.seq, w.type, w.payload, now) for w in group] for group in groups]
