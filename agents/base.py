@@ -12,6 +12,14 @@ import aiohttp
 from agents.llm import LLMError, LLMProvider, Usage
 from server.settings import Settings
 
+MAX_STAGE_CHARS = 64
+MAX_LABEL_CHARS = 255
+"""Longest stage name and label the database keeps; longer labels are shortened."""
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
 
 class AgentError(Exception):
     """Ends a run as `failed` with this code and message, which subscribers see."""
@@ -78,7 +86,13 @@ class RunContext:
         """Report the stage the run has reached; `progress` runs from 0.0 to 1.0."""
         if not 0.0 <= progress <= 1.0:
             raise ValueError(f"progress must be between 0 and 1, not {progress}")
-        await self._publisher.stage(stage, label, progress)
+        if len(stage) > MAX_STAGE_CHARS:
+            raise ValueError(f"stage names are at most {MAX_STAGE_CHARS} characters")
+        await self._publisher.stage(stage, _clip(label, MAX_LABEL_CHARS), progress)
+
+    def add_usage(self, usage: Usage) -> None:
+        """Count tokens of a model call made directly through `llm`; `stream_section` counts its own."""
+        self._publisher.usage(usage)
 
     async def delta(self, text: str) -> None:
         """Stream a piece of the section being written (the next one `section` publishes)."""

@@ -130,8 +130,17 @@ class AgentRuntime:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
+        await self.interrupt_all()
         if self._lease_task is not None:
             self._lease_task.cancel()
+        if self._http is not None:
+            await self._http.close()
+        if self.llm is not None:
+            await self.llm.close()
+
+    async def interrupt_all(self) -> None:
+        """Stop every run executing here, as at shutdown: served runs end `interrupted`, workers
+        hand theirs back for another worker."""
         channels = list(self._channels.values())
         for channel in channels:
             channel.shutting_down = True
@@ -140,10 +149,6 @@ class AgentRuntime:
         tasks = [channel.task for channel in channels if channel.task is not None]
         if tasks:
             await asyncio.wait(tasks, timeout=10)
-        if self._http is not None:
-            await self._http.close()
-        if self.llm is not None:
-            await self.llm.close()
 
     @property
     def active(self) -> int:
@@ -293,15 +298,23 @@ class AgentRuntime:
                 else:
                     started = {"stage": "started", "label": "Started", "progress": 0.0}
                     await self._publish(channel, EventType.STAGE, started, RunStatus.RUNNING)
-                async with asyncio.timeout(budget):
-                    await agent.run(context)
+                deadline = asyncio.timeout(budget)
+                try:
+                    async with deadline:
+                        await agent.run(context)
+                except TimeoutError:
+                    if not deadline.expired():
+                        raise AgentError("timeout", "the agent timed out waiting for something") from None
+                    message = f"the run exceeded its time budget of {budget:g} s"
+                    log.info("run %s timed out after %g s", run.id, budget)
+                    raise AgentError("timeout", message) from None
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    # The agent swallowed a cancellation; the run still ends as cancelled.
+                    raise asyncio.CancelledError
                 await self._finish(channel, RunStatus.COMPLETED, None)
         except LostOwnership:
             log.warning("run %s: lease lost to another process; stopped here", run.id)
-        except TimeoutError:
-            message = f"the run exceeded its time budget of {budget:g} s"
-            log.info("run %s timed out after %g s", run.id, budget)
-            await self._finish(channel, RunStatus.FAILED, {"code": "timeout", "message": message})
         except asyncio.CancelledError:
             await self._after_cancel(channel)
         except AgentError as exc:
@@ -493,8 +506,8 @@ class AgentRuntime:
             await asyncio.sleep(interval)
             try:
                 await self._renew_leases()
-                if not self._resume_runs:
-                    await self._fail_expired_run()
+                while not self._resume_runs and await self._fail_expired_run():
+                    pass
             except Exception:
                 log.exception("renewing run leases failed")
 
@@ -507,10 +520,11 @@ class AgentRuntime:
                 channel.lost = True
                 channel.task.cancel()
 
-    async def _fail_expired_run(self) -> None:
+    async def _fail_expired_run(self) -> bool:
+        """Fail one run whose owner stopped renewing its lease; return False when none is left."""
         run = await self._store.claim_run(self.owner, self._lease)
         if run is None:
-            return
+            return False
         log.warning("run %s: its process (%s) stopped renewing the lease; failing it", run.id, run.owner)
         channel = RunChannel(run, next_seq=max(run.last_seq, run.reserved_seq) + 1)
         self._channels[run.id] = channel
@@ -518,10 +532,15 @@ class AgentRuntime:
             await self._finish(channel, RunStatus.FAILED, INTERRUPTED)
         finally:
             self._channels.pop(run.id, None)
+        return True
 
     async def _fail_unfinished_runs(self) -> None:
         # Without Redis this is the only process, so every unfinished run is one it left behind.
-        for run in await self._store.unfinished_runs():
+        for leftover in await self._store.unfinished_runs():
+            # Taking the run over first fences out a previous process that is still exiting.
+            run = await self._store.take_over_run(leftover.id, self.owner)
+            if run is None:
+                continue
             channel = RunChannel(run, next_seq=max(run.last_seq, run.reserved_seq) + 1)
             update = RunUpdate(RunStatus.FAILED, "failed", "Failed", run.progress, INTERRUPTED)
             payload = {
@@ -531,7 +550,8 @@ class AgentRuntime:
                 "label": "Failed",
                 "progress": run.progress,
             }
-            await self._store.append_run_event(EventWrite(run.id, channel.next_seq, EventType.DONE, payload, update))
+            done = EventWrite(run.id, channel.next_seq, EventType.DONE, payload, update, owner=self.owner)
+            await self._store.append_run_event(done)
             self._metrics.run_finished(RunStatus.FAILED.value)
             log.warning("run %s was left %s by a previous process; marked failed", run.id, run.status)
 

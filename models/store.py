@@ -311,6 +311,16 @@ class Store:
             if (await connection.execute(statement)).rowcount != 1:
                 raise LostOwnership(f"run {run_id} is no longer owned by {owner}")
 
+    async def take_over_run(self, run_id: str, owner: str) -> RunRecord | None:
+        """Make `owner` the owner of an unfinished run, whoever held it; return it as stored."""
+        unfinished = runs_t.c.status.in_([RunStatus.QUEUED.value, RunStatus.RUNNING.value])
+        statement = update(runs_t).where(runs_t.c.id == run_id, unfinished).values(owner=owner)
+        async with self.engine.begin() as connection:
+            if (await connection.execute(statement)).rowcount != 1:
+                return None
+            row = (await connection.execute(select(runs_t).where(runs_t.c.id == run_id))).one()
+        return _run_from_row(row)
+
     async def claim_queued_run(self, run_id: str, owner: str) -> RunRecord | None:
         """Take one run that no process owns yet, for example to cancel it."""
         statement = (

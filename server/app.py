@@ -58,6 +58,7 @@ def create_app(settings: Settings | None = None) -> web.Application:
     read_polling_bodies_whole(sio)
     app[SIO] = sio
     app[SSE_STREAMS] = set()
+    app.on_shutdown.append(_interrupt_runs)
     app.on_shutdown.append(close_event_streams)
     app.on_shutdown.append(lambda app: disconnect_everyone(app[SIO]))
 
@@ -108,6 +109,12 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         )
         yield
         log.info("huddle stopping: node=%s", settings.node_id)
+
+
+async def _interrupt_runs(app: web.Application) -> None:
+    # Before sockets close, so that subscribers still receive each run's final event.
+    if RUNTIME in app:
+        await app[RUNTIME].interrupt_all()
 
 
 def _cancel_handler(runtime: AgentRuntime) -> Callable[[dict[str, str]], Awaitable[None]]:

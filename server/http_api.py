@@ -172,9 +172,10 @@ async def _write_events(
                 newest = event["seq"]
                 if event["type"] == "done":
                     break
-    except (ConnectionResetError, asyncio.CancelledError):
+    except ConnectionResetError:
+        # The client went away; it resumes with Last-Event-ID if it wants the rest.
         log.debug("SSE client went away: %s", request.path)
-        raise
+        return response
     finally:
         streams.discard(task)
         metrics.sse_streams.dec()

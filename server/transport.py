@@ -46,12 +46,16 @@ def read_polling_bodies_whole(sio: socketio.AsyncServer) -> None:
 
 
 async def disconnect_everyone(sio: socketio.AsyncServer) -> None:
-    """Close every Socket.IO connection, so that shutdown does not wait for idle long-polls and
-    every socket leaves its rooms (and presence) cleanly."""
-    sids = [sid for sid, _ in sio.manager.get_participants("/", None)]
-    if sids:
-        log.info("disconnecting %d sockets for shutdown", len(sids))
-    await asyncio.gather(*(sio.disconnect(sid, namespace="/") for sid in sids), return_exceptions=True)
+    """Close every connection at shutdown without telling clients to stay away.
+
+    Each socket still leaves its rooms (and presence) through the usual disconnect handler, but
+    clients see a closed transport rather than a Socket.IO disconnect, so socket.io-client
+    reconnects by itself, to this process when it is back or to another replica. Nothing waits
+    for idle long-polls to collect their close packet."""
+    sockets = list(sio.eio.sockets.values())
+    if sockets:
+        log.info("disconnecting %d sockets for shutdown", len(sockets))
+    await asyncio.gather(*(socket.close(wait=False) for socket in sockets), return_exceptions=True)
     await sio.shutdown()
 
 

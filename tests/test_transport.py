@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 import pytest
 import socketio
 
-from tests.conftest import HuddleServer
+from tests.conftest import ROOT, HuddleServer
 
 
 @pytest.mark.parametrize("size", [200_000, 400_000, 900_000])
@@ -83,3 +85,44 @@ async def test_sigterm_stops_with_a_polling_client_connected(make_server: Any) -
 
     assert code == 0, "the server did not exit by itself after SIGTERM"
     assert "disconnecting 1 sockets for shutdown" in server.log()
+
+
+RECONNECTING_CLIENT = """
+import { io } from "socket.io-client";
+const socket = io(process.env.HUDDLE_URL, {
+  auth: { token: process.env.TOKEN }, transports: ["websocket"], reconnectionDelay: 200, reconnectionDelayMax: 1000,
+});
+let connects = 0;
+socket.on("connect", async () => {
+  connects += 1;
+  console.log(`connected ${connects}`);
+  if (connects === 2) {
+    const ack = await socket.emitWithAck("room:join", { room: "after-restart" });
+    console.log(`joined ${ack.ok}`);
+    process.exit(0);
+  }
+});
+socket.on("disconnect", (reason) => console.log(`disconnected ${reason}`));
+setTimeout(() => process.exit(3), 60000);
+"""
+
+
+def test_socketio_client_reconnects_after_a_restart(make_server: Any, tmp_path: Path) -> None:
+    server: HuddleServer = make_server()
+    script = ROOT / "tests" / f".reconnect-{tmp_path.name}.mjs"
+    script.write_text(RECONNECTING_CLIENT)
+    environment = {**os.environ, "HUDDLE_URL": server.url, "TOKEN": server.token("ann")}
+    client = subprocess.Popen(["node", str(script)], stdout=subprocess.PIPE, text=True, env=environment)
+    try:
+        assert client.stdout is not None
+        assert client.stdout.readline().strip() == "connected 1"
+        server.restart()
+        lines = [line.strip() for line in client.stdout]
+        client.wait(timeout=60)
+    finally:
+        script.unlink()
+        if client.poll() is None:
+            client.kill()
+
+    assert "disconnected transport close" in lines
+    assert lines[-2:] == ["connected 2", "joined true"]
