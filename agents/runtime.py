@@ -261,9 +261,6 @@ class AgentRuntime:
             return channel.run
         return await self._store.get_run(run_id)
 
-    def active_runs_in(self, room: str) -> list[RunRecord]:
-        return [channel.run for channel in self._channels.values() if channel.run.room == room]
-
     async def history(self, run_id: str, since_seq: int) -> tuple[RunRecord | None, list[StoredRunEvent]]:
         """Return the run and its events after `since_seq`: from memory while it runs here, from
         Redis while it runs elsewhere, else from the database."""

@@ -24,7 +24,7 @@ from agents.runlog import RedisRunLog
 from agents.runtime import AgentRuntime
 from models.records import RunRecord, StoredRunEvent
 from models.store import Store
-from server.chat import run_room
+from server.chat import run_audience
 from server.metrics import Metrics
 from server.resources import SOCKETIO_CHANNEL, open_redis, open_store
 from server.settings import Settings
@@ -85,7 +85,7 @@ async def run_worker(settings: Settings) -> None:
         )
 
         async def emit(run: RunRecord, event: StoredRunEvent) -> None:
-            await manager.emit(f"agent:{event.type.value}", event.to_wire(), namespace="/", room=run_room(run.id))
+            await manager.emit(f"agent:{event.type.value}", event.to_wire(), namespace="/", room=run_audience(run))
 
         runtime = AgentRuntime(
             store,

@@ -385,6 +385,13 @@ class Store:
             rows = (await connection.execute(query)).all()
         return [_event_from_row(row) for row in rows]
 
+    async def active_runs_in_room(self, room: str) -> list[RunRecord]:
+        unfinished = runs_t.c.status.in_([RunStatus.QUEUED.value, RunStatus.RUNNING.value])
+        query = select(runs_t).where(runs_t.c.room == room, unfinished).order_by(runs_t.c.created_at)
+        async with self.engine.connect() as connection:
+            rows = (await connection.execute(query)).all()
+        return [_run_from_row(row) for row in rows]
+
     async def unfinished_runs(self) -> list[RunRecord]:
         query = select(runs_t).where(runs_t.c.status.in_([RunStatus.QUEUED.value, RunStatus.RUNNING.value]))
         async with self.engine.connect() as connection:

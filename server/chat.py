@@ -38,6 +38,14 @@ def run_room(run_id: str) -> str:
     return f"#run:{run_id}"
 
 
+def run_audience(run: RunRecord) -> str | list[str]:
+    """Where a run's events go: its subscribers, and for a run in a chat room, that room's
+    members on every process (the client manager sends each socket one copy)."""
+    if run.room is None:
+        return run_room(run.id)
+    return [run_room(run.id), run.room]
+
+
 @dataclass(slots=True)
 class Client:
     sid: str
@@ -199,7 +207,7 @@ class ChatNamespace(socketio.AsyncNamespace):
             "members": [m.to_wire() for m in await self.presence.members(room)],
             "missed": missed,
             "has_more": has_more,
-            "runs": [run.summary() for run in self._active_runs(room)],
+            "runs": [run.summary() for run in await self.store.active_runs_in_room(room)],
             "streams": streams,
         }
 
@@ -362,9 +370,6 @@ class ChatNamespace(socketio.AsyncNamespace):
             raise HuddleError(ErrorCode.INTERNAL, "agents are not available on this server")
         return self.runtime
 
-    def _active_runs(self, room: str) -> list[RunRecord]:
-        return [] if self.runtime is None else self.runtime.active_runs_in(room)
-
     async def start_agent(self, client: Client, payload: schemas.StartAgent) -> dict[str, Any]:
         runtime = self._runtime()
         if payload.room is not None:
@@ -391,14 +396,8 @@ class ChatNamespace(socketio.AsyncNamespace):
         return {"ok": True, "run": run.summary()}
 
     async def _add_subscribers(self, sid: str, run: RunRecord) -> None:
-        """Subscribe the starter and, for a run in a room, every socket in that room."""
-        target = run_room(run.id)
-        await self.enter_room(sid, target)
-        if run.room is None:
-            return
-        server: socketio.AsyncServer = self.server
-        for member_sid, _ in list(server.manager.get_participants(self.namespace, run.room)):
-            await self.enter_room(member_sid, target)
+        """Subscribe the starter; a run's room members get its events through the room."""
+        await self.enter_room(sid, run_room(run.id))
 
     def may_see_run(self, identity: Identity, run: RunRecord, rooms: set[str] | None = None) -> bool:
         """The starter and admins see a run; for a run in a room, so do the room's members:
@@ -417,24 +416,22 @@ class ChatNamespace(socketio.AsyncNamespace):
 
         target = run_room(run.id)
         hold = self.hooks.hold(client.sid, target, None)
+        newest = payload.since_seq
         try:
             if not run.status.finished:
                 await self.enter_room(client.sid, target)
             current, events = await runtime.history(run.id, payload.since_seq)
+            backlog = [(f"agent:{event.type.value}", event.to_wire()) for event in events]
+            # Live events keep being held while the backlog goes out, then go out after it.
+            while backlog:
+                for name, data in backlog:
+                    if data["seq"] > newest:
+                        await self.emit(name, data, to=client.sid)
+                        newest = data["seq"]
+                backlog = sorted(self.hooks.drain(hold), key=lambda item: item[1]["seq"])
         finally:
-            captured = self.hooks.release(hold, floor=payload.since_seq)
+            self.hooks.release(hold, floor=newest)
         assert current is not None
-
-        backlog = [(f"agent:{event.type.value}", event.to_wire()) for event in events]
-        newest = backlog[-1][1]["seq"] if backlog else payload.since_seq
-        for name, data in sorted(captured, key=lambda item: item[1]["seq"]):
-            if data["seq"] > newest:
-                backlog.append((name, data))
-                newest = data["seq"]
-        # Set before the first await, so a live copy of anything in the backlog is dropped.
-        hold.floor = newest
-        for name, data in backlog:
-            await self.emit(name, data, to=client.sid)
         return {"ok": True, "run": current.to_wire(), "replayed": len(events)}
 
     async def cancel_run(self, client: Client, payload: schemas.CancelRun) -> dict[str, Any]:
@@ -448,7 +445,7 @@ class ChatNamespace(socketio.AsyncNamespace):
         return {"ok": True, "run": {"id": run.id, "status": "cancelling"}}
 
     async def emit_run_event(self, run: RunRecord, event: StoredRunEvent) -> None:
-        await self.emit(f"agent:{event.type.value}", event.to_wire(), room=run_room(run.id))
+        await self.emit(f"agent:{event.type.value}", event.to_wire(), room=run_audience(run))
 
 
 def _token_from(auth: Any, environ: dict[str, Any]) -> str | None:

@@ -54,6 +54,11 @@ class DeliveryHooks:
         self._holds.setdefault(room, {})[sid] = hold
         return hold
 
+    def drain(self, hold: Hold) -> list[tuple[str, Any]]:
+        """Take what the hold captured so far; it keeps capturing."""
+        captured, hold.captured = hold.captured, []
+        return captured
+
     def release(self, hold: Hold, floor: int) -> list[tuple[str, Any]]:
         """Stop capturing; from now on drop the hold's events whose seq is at most `floor`."""
         hold.capturing = False
@@ -115,17 +120,17 @@ class DeliveryManager(socketio.AsyncManager):
         event: str,
         data: Any,
         namespace: str | None = None,
-        room: str | None = None,
+        room: str | list[str] | None = None,
         skip_sid: str | list[str] | None = None,
         callback: Any = None,
-        to: str | None = None,
+        to: str | list[str] | None = None,
         **kwargs: Any,
     ) -> Any:
         target = to or room
-        if isinstance(target, str):
-            extra = self.hooks.skipped(event, data, target)
-            if extra:
-                skip_sid = [*_as_list(skip_sid), *extra]
+        rooms = [target] if isinstance(target, str) else list(target or [])
+        extra = [sid for name in rooms for sid in self.hooks.skipped(event, data, name)]
+        if extra:
+            skip_sid = [*_as_list(skip_sid), *extra]
         return await super().emit(event, data, namespace, room=target, skip_sid=skip_sid, callback=callback, **kwargs)
 
 

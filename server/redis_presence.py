@@ -105,6 +105,9 @@ class RedisPresence:
         self._task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> RedisPresence:
+        # Entries under this node id belong to an earlier process that used the same id and
+        # died; nothing else would ever clear them, because this process keeps the id alive.
+        await self._reap_node(self._node)
         await self._beat()
         self._task = asyncio.create_task(self._run(), name="presence-heartbeat")
         log.info("presence on Redis started: node=%s ttl=%gs", self._node, self._ttl)
@@ -191,6 +194,7 @@ class RedisPresence:
                 offline.append(entry)
         await self._redis.delete(_index_key(node))
         await self._redis.zrem(NODES, node)
-        log.warning("presence: node %s stopped heartbeating; removed %d sockets", node, len(entries))
+        if entries:
+            log.warning("presence: node %s stopped heartbeating; removed %d sockets", node, len(entries))
         for entry in offline:
             await self._on_offline(entry.room, Member(entry.user_id, entry.name))

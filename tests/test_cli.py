@@ -77,3 +77,23 @@ def test_bad_arguments_exit_with_usage(tmp_path: Path, args: list[str]) -> None:
     result = huddle(*args, data_dir=tmp_path)
     assert result.returncode == 2
     assert "usage: huddle" in result.stderr
+
+
+def test_concurrent_migrations_on_postgres(tmp_path: Path, postgres_url: str) -> None:
+    from tests.conftest import fresh_database
+
+    url = fresh_database(postgres_url)
+    environment = {k: v for k, v in os.environ.items() if k != "HUDDLE_JWT_SECRET"}
+    environment.update({"HUDDLE_DATA_DIR": str(tmp_path), "PYTHONPATH": str(ROOT), "DATABASE_URL": url})
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "server.cli", "migrate"],
+            cwd=ROOT,
+            env=environment,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(3)
+    ]
+    codes = [process.wait(timeout=120) for process in processes]
+    assert codes == [0, 0, 0], [process.stderr.read() for process in processes if process.stderr]
