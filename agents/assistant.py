@@ -1,4 +1,4 @@
-"""What the in-room assistant says: a model's answer, or an offline answer from the room's history."""
+"""Replies of the in-room assistant: a model's completion, or an offline reply from the room's history."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def system_prompt(name: str, room: str) -> str:
 
 
 def model_messages(name: str, room: str, history: Sequence[Turn]) -> list[dict[str, str]]:
-    """The chat transcript for the model: earlier room messages as user turns with their author."""
+    """Build the chat transcript for the model: earlier room messages as user turns with their author."""
     messages = [{"role": "system", "content": system_prompt(name, room)}]
     for turn in history:
         if turn.user_name == name:
@@ -41,22 +41,22 @@ def model_messages(name: str, room: str, history: Sequence[Turn]) -> list[dict[s
 def offline_answer(question: Turn, history: Sequence[Turn], mention: str) -> str:
     """Answer from the room's own history: a summary when asked for one, else the earlier
     messages that share the most keywords with the question."""
-    asked = question.text.replace(f"@{mention}", " ").strip()
+    request = question.text.replace(f"@{mention}", " ").strip()
     earlier = [turn for turn in history if turn.seq != question.seq and turn.user_name != mention]
 
-    if any(word in asked.lower() for word in SUMMARY_WORDS):
+    if any(word in request.lower() for word in SUMMARY_WORDS):
         return _summary(earlier)
 
-    wanted = keywords(asked)
-    if not wanted:
+    query_words = keywords(request)
+    if not query_words:
         return (
             "Ask me about something discussed in this room, or ask me to summarize it. Without a "
             "configured language model I answer from the room's own history."
         )
 
-    scored = [(len(wanted & keywords(turn.text)), turn) for turn in earlier]
+    scored = [(len(query_words & keywords(turn.text)), turn) for turn in earlier]
     matches = [turn for score, turn in sorted(scored, key=lambda pair: (-pair[0], -pair[1].seq)) if score][:MAX_MATCHES]
-    topic = ", ".join(sorted(wanted)[:5])
+    topic = ", ".join(sorted(query_words)[:5])
     if not matches:
         return f"I found nothing about {topic} in the last {len(earlier)} messages of this room."
 

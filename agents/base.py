@@ -14,7 +14,7 @@ from server.settings import Settings
 
 MAX_STAGE_CHARS = 64
 MAX_LABEL_CHARS = 255
-"""Longest stage name and label the database keeps; longer labels are shortened."""
+"""Maximum stage name and label lengths the database keeps; longer labels are shortened."""
 
 
 def _clip(text: str, limit: int) -> str:
@@ -43,7 +43,7 @@ class Section:
 
 @dataclass(frozen=True, slots=True)
 class Publisher:
-    """How a context hands its events to the runtime."""
+    """Callbacks through which a context hands its events to the runtime."""
 
     stage: Callable[[str, str, float], Awaitable[None]]
     section: Callable[[int, str, str], Awaitable[None]]

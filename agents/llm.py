@@ -153,9 +153,9 @@ class LLMProvider:
         return Completion("".join(parts), usage, finish_reason)
 
     def _retry_delay(self, exc: Exception, attempt: int) -> float:
-        asked = _retry_after(exc)
-        if asked is not None:
-            return min(asked, self._max_wait)
+        requested = _retry_after(exc)
+        if requested is not None:
+            return min(requested, self._max_wait)
         backoff: float = min(self._max_wait, 0.5 * 2**attempt)
         return backoff * random.uniform(0.5, 1.0)
 

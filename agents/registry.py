@@ -1,4 +1,4 @@
-"""Which agents a server offers: the built-in ones and those installed as plug-ins."""
+"""Agent registry: the built-in agents and those installed as plug-ins."""
 
 from __future__ import annotations
 

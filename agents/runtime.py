@@ -85,7 +85,7 @@ class AgentRuntime:
     :param resume_runs: take over runs whose owner's lease ran out and resume them (workers);
         otherwise such runs end `failed` with `interrupted`.
     :param runlog: keeps active runs' events in Redis for other processes' replays.
-    :param control: tells workers about new jobs and cancels.
+    :param control: publishes new jobs and cancels to workers.
     """
 
     def __init__(

@@ -1,7 +1,7 @@
 """`huddle worker`: a process that claims queued agent runs and executes them.
 
 Runs wait in the database. A worker claims the oldest one with an atomic update (with
-`FOR UPDATE SKIP LOCKED` on PostgreSQL, so workers never block each other) and holds it through
+`FOR UPDATE SKIP LOCKED` on PostgreSQL, so workers skip rows another worker is claiming) and holds it through
 a lease it renews while the run executes. If a worker dies, its lease runs out and another
 worker claims the run, stores the deltas the dead one had streamed, and resumes it after the
 sections that were already stored. Redis carries the job notices that wake idle workers (they

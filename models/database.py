@@ -32,8 +32,8 @@ def create_engine(url: str) -> AsyncEngine:
 
 
 def create_write_engine(engine: AsyncEngine) -> Engine | None:
-    """A synchronous engine on the same SQLite file, for the group-commit writer thread; None
-    for other databases, whose async drivers need no thread."""
+    """Create a synchronous engine on the same SQLite file for the group-commit writer thread.
+    Return None for other databases, because their async drivers need no thread."""
     if engine.dialect.name != "sqlite" or engine.url.database in (None, "", ":memory:"):
         return None
     url = engine.url.set(drivername="sqlite")

@@ -312,7 +312,7 @@ class Store:
                 raise LostOwnership(f"run {run_id} is no longer owned by {owner}")
 
     async def take_over_run(self, run_id: str, owner: str) -> RunRecord | None:
-        """Make `owner` the owner of an unfinished run, whoever held it; return it as stored."""
+        """Make `owner` the owner of an unfinished run, replacing any previous owner; return the run."""
         unfinished = runs_t.c.status.in_([RunStatus.QUEUED.value, RunStatus.RUNNING.value])
         statement = update(runs_t).where(runs_t.c.id == run_id, unfinished).values(owner=owner)
         async with self.engine.begin() as connection:

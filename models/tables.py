@@ -92,7 +92,7 @@ class Run(Base):
     owner: Mapped[str | None] = mapped_column(String(128), nullable=True)
     """The process executing the run; None while it waits for a worker."""
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
-    """Until when `owner` holds the run; after that another process may take it over."""
+    """Expiry of `owner`'s lease on the run; after it another process may take the run over."""
     attempt: Mapped[int] = mapped_column(Integer, default=0)
     reserved_seq: Mapped[int] = mapped_column(BigInteger, default=0)
     """The highest seq that may have reached subscribers; streamed deltas go out before they are

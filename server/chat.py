@@ -34,13 +34,14 @@ TOKEN_COOKIE = "huddle_token"
 
 
 def run_room(run_id: str) -> str:
-    """The Socket.IO room of a run's subscribers; `#` keeps it apart from every chat room name."""
+    """Return the Socket.IO room of a run's subscribers. The `#` keeps it apart from every chat
+    room name."""
     return f"#run:{run_id}"
 
 
 def run_audience(run: RunRecord) -> str | list[str]:
-    """Where a run's events go: its subscribers, and for a run in a chat room, that room's
-    members on every process (the client manager sends each socket one copy)."""
+    """Return the rooms a run's events go to: its subscribers and, for a run in a chat room, that
+    room's members on every process. The client manager sends each socket one copy."""
     if run.room is None:
         return run_room(run.id)
     return [run_room(run.id), run.room]

@@ -112,7 +112,7 @@ async def stream_report(request: web.Request) -> web.StreamResponse:
     try:
         current, events = await request.app[RUNTIME].history(run.id, since)
         if current is not None and current.status.finished and not events:
-            # 204 tells EventSource that the stream is over, so it stops reconnecting.
+            # 204 makes EventSource treat the stream as over, so it stops reconnecting.
             return web.Response(status=204)
 
         backlog = [{"type": event.type.value, **event.to_wire()} for event in events]
@@ -241,7 +241,7 @@ async def close_event_streams(app: web.Application) -> None:
 
 @web.middleware
 async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
-    """Answer every failure with `{error: {code, message}}` and the matching status."""
+    """Turn every failure into `{error: {code, message}}` with the matching status."""
     try:
         return await handler(request)
     except HuddleError as exc:

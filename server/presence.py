@@ -1,4 +1,4 @@
-"""Who is online in which room, counting a user once however many sockets they have."""
+"""Presence: the users online in each room, each counted once however many sockets they have."""
 
 from __future__ import annotations
 

@@ -28,7 +28,7 @@ async def open_store(
 
 
 def open_redis(settings: Settings, stack: AsyncExitStack) -> redis.Redis | None:
-    """A Redis client when REDIS_URL is set; `stack` closes it."""
+    """Return a Redis client when REDIS_URL is set, else None; `stack` closes it."""
     if not settings.redis_url:
         return None
     client = redis.from_url(settings.redis_url, decode_responses=True, health_check_interval=10)

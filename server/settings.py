@@ -83,11 +83,11 @@ class Settings(BaseSettings):
 
     history_page_max: int = 200
     join_missed_max: int = 100
-    """Messages sent with `room:join` at most; past it the ack says `has_more`."""
+    """Maximum messages in a `room:join` ack; past it the ack sets `has_more`."""
 
     ws_compression: bool = False
-    """Negotiate permessage-deflate on websockets. Off by default: each compressed connection
-    holds zlib state of about 100 KB on the server."""
+    """Negotiate permessage-deflate on websockets. Off by default, because each compressed
+    connection keeps zlib state of about 100 KB on the server."""
 
     commit_batch_max: int = 512
     """Writes grouped into one database transaction at most."""
@@ -110,13 +110,13 @@ class Settings(BaseSettings):
     """The model agents use unless they name another."""
 
     llm_request_timeout_seconds: float = 60.0
-    """Longest wait for the model's first byte and between two chunks of its stream."""
+    """Maximum wait for the model's first byte and between two chunks of its stream."""
 
     llm_max_retries: int = 3
     """Retries of a model request that failed before its first token (429, 5xx, network)."""
 
     llm_retry_max_wait_seconds: float = 30.0
-    """Longest pause before a retry, even when the server's Retry-After asks for more."""
+    """Maximum pause before a retry, even when the server's Retry-After requests more."""
 
     agent_run_timeout_seconds: float = 600.0
     """Time budget of one run, from its start to its end, queueing excluded."""
@@ -136,12 +136,12 @@ class Settings(BaseSettings):
     `huddle.agents` entry points."""
 
     agent_execution: Literal["inline", "workers"] = "inline"
-    """Where runs execute: in the serving process (`inline`), or in `huddle worker` processes
+    """Execution mode of runs: in the serving process (`inline`), or in `huddle worker` processes
     (`workers`, which needs REDIS_URL for their events to reach subscribers)."""
 
     run_lease_seconds: float = 15.0
-    """How long a process holds a run without renewing; after that the run is failed or, with
-    workers, taken over. Renewed every third of it."""
+    """Lease on a run, in seconds: after that long without a renewal the run is failed or, with
+    workers, taken over. The owner renews it every third of it."""
 
     worker_poll_seconds: float = 1.0
     """How often an idle worker checks the database for runs, besides Redis job notices."""
@@ -159,7 +159,7 @@ class Settings(BaseSettings):
     """Replies streaming at once in one room; a mention beyond it gets no reply."""
 
     assistant_offline_delay_seconds: float = 0.03
-    """Pause between the words of an offline answer, so that it streams like a model's."""
+    """Pause between the words of an offline reply, so that it streams like a model's."""
 
     log_level: str = "INFO"
 

@@ -35,8 +35,8 @@ ASSISTANT_PREFIX = RESERVED_USER_PREFIX
 
 
 def assistant_user_id(name: str) -> str:
-    """The assistant's user id. Tokens whose `sub` starts with the prefix are refused, so no
-    person can write as an assistant."""
+    """Return the assistant's user id. Tokens whose `sub` starts with the prefix are rejected, so
+    no person can write as an assistant."""
     return f"{ASSISTANT_PREFIX}{name}"
 
 
@@ -69,7 +69,7 @@ class RoomAssistant:
     :param store: reads context and stores each finished reply.
     :param broadcast_delta: sends `message:delta` to a room.
     :param publish: broadcasts the stored reply as `message:new`.
-    :param llm: the configured model, or None to answer offline from the room's history.
+    :param llm: the configured model, or None to reply offline from the room's history.
     """
 
     def __init__(
@@ -91,7 +91,7 @@ class RoomAssistant:
         self.names = {name.lower() for name in settings.assistant_names}
 
     def mentioned(self, message: StoredMessage) -> str | None:
-        """The assistant named in the message, unless an assistant wrote it."""
+        """Return the assistant the message mentions, unless an assistant wrote it."""
         if message.user_id.startswith(ASSISTANT_PREFIX):
             return None
         match = self._mention.search(message.text)
@@ -187,7 +187,7 @@ class RoomAssistant:
         )
         try:
             result = await self._store.append_message(write)
-            # Removed only once stored, so a joiner sees the reply either as a stream or stored.
+            # Removed only once stored, so a joiner gets the reply either as a stream or as a message.
             self._streams.pop(stream.stream_id, None)
             if result.created:
                 await self._publish(result.message)
