@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -21,14 +20,16 @@ import pytest
 
 from tests.conftest import ROOT, HuddleServer, fresh_database
 from tests.fake_openai import FakeOpenAI, serve_fake_openai
-from tests.test_e2e_socketio import node_packages  # noqa: F401  (the fixture that installs socket.io-client)
+from tests.test_e2e_socketio import (
+    node_packages,  # noqa: F401  (the fixture that installs socket.io-client)
+    run_node_scenario,
+)
 
 TESTS_DIR = Path(__file__).resolve().parent
 SCENARIO_DIR = TESTS_DIR / "e2e_agents"
 PLUGIN_DIR = TESTS_DIR / "plugins"
 
 SCENARIO_TIMEOUT_SECONDS = 180
-SERVER_LOG_TAIL_LINES = 80
 UPSTREAM_CLOSE_TIMEOUT_SECONDS = 10
 
 FAKE_PROMPT_TOKENS = 11
@@ -77,40 +78,8 @@ def expected_usage(fake: FakeOpenAI, requests: int) -> str:
 
 def run_scenario(name: str, server: HuddleServer, **env: str) -> None:
     """Run tests/e2e_agents/`name`.mjs against `server` and fail with its output unless it passes."""
-    scenario = SCENARIO_DIR / f"{name}.mjs"
     environment = {**os.environ, "HUDDLE_URL": server.url, "HUDDLE_JWT_SECRET": server.secret, **env}
-    try:
-        completed = subprocess.run(
-            ["node", "--test-reporter=spec", str(scenario)],
-            cwd=TESTS_DIR,
-            env=environment,
-            capture_output=True,
-            text=True,
-            timeout=SCENARIO_TIMEOUT_SECONDS,
-            check=False,
-        )
-    except subprocess.TimeoutExpired as exc:
-        pytest.fail(
-            f"{scenario.name} did not finish within {SCENARIO_TIMEOUT_SECONDS} s\n"
-            f"stdout:\n{_text(exc.stdout)}\nstderr:\n{_text(exc.stderr)}\n"
-            f"server log (last lines):\n{_log_tail(server)}"
-        )
-
-    assert completed.returncode == 0, (
-        f"{scenario.name} exited with code {completed.returncode}\n"
-        f"stdout:\n{completed.stdout}\nstderr:\n{completed.stderr}\n"
-        f"server log (last lines):\n{_log_tail(server)}"
-    )
-
-
-def _text(output: str | bytes | None) -> str:
-    if isinstance(output, bytes):
-        return output.decode(errors="replace")
-    return output or ""
-
-
-def _log_tail(server: HuddleServer) -> str:
-    return "\n".join(server.log().splitlines()[-SERVER_LOG_TAIL_LINES:])
+    run_node_scenario(SCENARIO_DIR / f"{name}.mjs", server, environment, timeout=SCENARIO_TIMEOUT_SECONDS)
 
 
 def wait_for_upstream_close(fake: FakeOpenAI, count: int) -> None:

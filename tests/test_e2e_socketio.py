@@ -231,30 +231,36 @@ def _server_log_tail(huddle: HuddleServer) -> str:
     return "\n".join(lines[-SERVER_LOG_TAIL_LINES:])
 
 
-@pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda path: path.stem)
-def test_e2e_scenario(
-    scenario: Path, huddle_server: HuddleServer, page_server: PageServer, node_packages: Path
+def run_node_scenario(
+    scenario: Path, server: HuddleServer, env: dict[str, str], timeout: float = SCENARIO_TIMEOUT_SECONDS
 ) -> None:
-    command = ["node", "--test-reporter=spec", str(scenario)]
+    """Run one Node scenario file and fail with its output and the server's log unless it passes."""
     try:
         completed = subprocess.run(
-            command,
+            ["node", "--test-reporter=spec", str(scenario)],
             cwd=TESTS_DIR,
-            env=_scenario_env(huddle_server, page_server),
+            env=env,
             capture_output=True,
             text=True,
-            timeout=SCENARIO_TIMEOUT_SECONDS,
+            timeout=timeout,
             check=False,
         )
     except subprocess.TimeoutExpired as exc:
         pytest.fail(
-            f"{scenario.name} did not finish within {SCENARIO_TIMEOUT_SECONDS} s\n"
+            f"{scenario.name} did not finish within {timeout} s\n"
             f"stdout:\n{_text(exc.stdout)}\nstderr:\n{_text(exc.stderr)}\n"
-            f"server log (last lines):\n{_server_log_tail(huddle_server)}"
+            f"server log (last lines):\n{_server_log_tail(server)}"
         )
 
     assert completed.returncode == 0, (
         f"{scenario.name} exited with code {completed.returncode}\n"
         f"stdout:\n{completed.stdout}\nstderr:\n{completed.stderr}\n"
-        f"server log (last lines):\n{_server_log_tail(huddle_server)}"
+        f"server log (last lines):\n{_server_log_tail(server)}"
     )
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda path: path.stem)
+def test_e2e_scenario(
+    scenario: Path, huddle_server: HuddleServer, page_server: PageServer, node_packages: Path
+) -> None:
+    run_node_scenario(scenario, huddle_server, _scenario_env(huddle_server, page_server))
