@@ -74,7 +74,7 @@ async def _on_request_redirect(
 
 
 def fetch_session(allow_private: bool) -> aiohttp.ClientSession:
-    """A client session for fetching user-supplied URLs; `allow_private` lifts the guard."""
+    """Create a client session for fetching user-supplied URLs; `allow_private` lifts the guard."""
     if allow_private:
         return aiohttp.ClientSession()
 

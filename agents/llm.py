@@ -1,7 +1,7 @@
 """Streaming chat completions from OpenAI or any OpenAI-compatible server, through `openai`.
 
 Retries follow the rules of a careful client: only before the first token, only for 429, 5xx,
-connection errors and timeouts, waiting as long as `Retry-After` asks (capped) or with
+connection errors and timeouts, waiting as long as `Retry-After` requests (capped) or with
 exponential backoff and jitter otherwise. Once tokens have reached subscribers a retry would
 repeat them, so a failure after that point ends the request with `llm_stream_interrupted`.
 """

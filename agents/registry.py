@@ -23,8 +23,8 @@ def load_agents(settings: Settings) -> dict[str, Agent]:
     """Return the built-in agents, every `huddle.agents` entry point, and the classes named in
     `HUDDLE_AGENT_PLUGINS`, by agent name. A later one replaces an earlier one of the same name.
 
-    A broken entry point is logged and skipped, because any installed package can declare one;
-    a broken class named in the settings stops the server, because the operator asked for it."""
+    A broken entry point is logged and skipped, because any installed package can declare one.
+    A broken class named in the settings stops the server, because the operator requested it."""
     agents: dict[str, Agent] = {ReportAgent.name: ReportAgent()}
 
     for entry in entry_points(group=ENTRY_POINT_GROUP):

@@ -20,7 +20,7 @@ W = TypeVar("W")
 
 BatchApplier = Callable[[Connection, Sequence[W], bool], Sequence[Any]]
 """Writes a batch on an open transaction and returns one result per write, in order. The flag
-asks for care over speed; it is set when a write is retried alone after its batch failed."""
+requests care over speed, and is set when a write is retried alone after its batch failed."""
 
 
 @dataclass(slots=True)
@@ -43,7 +43,7 @@ class GroupCommitter(Generic[W]):
     :param max_batch: writes in one transaction at most (default 512).
     :param on_commit: called with (batch size, seconds the commit took) after each commit.
     :param after_commit: called with the batch's results after it commits and before any caller
-        resumes, so the callback sees every write before its caller acts on it.
+        resumes, so the callback gets every write before its caller acts on it.
     :param sync_engine: when given (SQLite), each transaction runs whole on this synchronous
         engine in a thread of its own, one hand-off per batch instead of one per statement;
         otherwise it runs on `engine` through SQLAlchemy's `run_sync`.

@@ -69,7 +69,7 @@ class StoredRunEvent:
     created_at: datetime
 
     def to_wire(self) -> dict[str, Any]:
-        """The Socket.IO payload: `{run_id, seq, ...}` with the event's own fields."""
+        """Return the Socket.IO payload: `{run_id, seq, ...}` with the event's own fields."""
         return {"run_id": self.run_id, "seq": self.seq, **self.payload}
 
 

@@ -95,8 +95,8 @@ class Run(Base):
     """Expiry of `owner`'s lease on the run; after it another process may take the run over."""
     attempt: Mapped[int] = mapped_column(Integer, default=0)
     reserved_seq: Mapped[int] = mapped_column(BigInteger, default=0)
-    """The highest seq that may have reached subscribers; streamed deltas go out before they are
-    stored, and a process that takes the run over continues above this."""
+    """Highest seq that may have reached subscribers, because streamed deltas go out before they are
+    stored. A process that takes the run over continues above it."""
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)

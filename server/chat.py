@@ -401,8 +401,9 @@ class ChatNamespace(socketio.AsyncNamespace):
         await self.enter_room(sid, run_room(run.id))
 
     def may_see_run(self, identity: Identity, run: RunRecord, rooms: set[str] | None = None) -> bool:
-        """The starter and admins see a run; for a run in a room, so do the room's members:
-        sockets that joined it, or over HTTP, users whose token allows the room."""
+        """Return whether `identity` may read a run. The starter and admins may. For a run in a room,
+        its members may too: over Socket.IO the sockets that joined the room (`rooms`), and over
+        HTTP the users whose token allows the room."""
         if run.user_id == identity.user_id or identity.has_role("admin"):
             return True
         if run.room is None:

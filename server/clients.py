@@ -19,9 +19,9 @@ def parse_networks(values: Iterable[str]) -> list[Network]:
 def client_address(peer: str | None, forwarded_for: str | None, trusted: list[Network]) -> str:
     """The address of the client that opened the connection.
 
-    `X-Forwarded-For` counts only when the peer is a trusted proxy; then the right-most address
-    that is not itself a trusted proxy is the client, since every proxy appends the address it
-    received the request from and only the trusted ones can be believed."""
+    `X-Forwarded-For` counts only when the peer is a trusted proxy. Then the client is the
+    right-most address that is not itself a trusted proxy. Every proxy appends the address it
+    received the request from, and only the trusted ones can be believed."""
     if not peer:
         return "unknown"
     if not forwarded_for or not _is_trusted(peer, trusted):

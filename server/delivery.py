@@ -87,7 +87,8 @@ class DeliveryHooks:
         return remove
 
     def skipped(self, event: str, data: Any, room: str) -> list[str]:
-        """Run the room's holds and listeners for one event; return the sids not to send it to."""
+        """Pass one event through the room's catch-up holds and listeners, and return the sids that
+        must not get it."""
         for listener in tuple(self._listeners.get(room, ())):
             listener(event, data)
 

@@ -16,8 +16,8 @@ class Member:
 
 
 class Presence(Protocol):
-    """Who is online per room. `join` returns True for the user's first socket in the room and
-    `leave` for the last one, which is when `presence:update` goes out."""
+    """Interface of presence stores: the users online per room. `join` returns True for the user's
+    first socket in the room and `leave` for the last one, which is when `presence:update` goes out."""
 
     async def join(self, room: str, member: Member, sid: str) -> bool: ...
 

@@ -105,8 +105,8 @@ class RedisPresence:
         self._task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> RedisPresence:
-        # Entries under this node id belong to an earlier process that used the same id and
-        # died; nothing else would ever clear them, because this process keeps the id alive.
+        # Entries under this node id belong to an earlier process that used the same id and died.
+        # Nothing else clears them, because this process keeps the id's heartbeat alive.
         await self._reap_node(self._node)
         await self._beat()
         self._task = asyncio.create_task(self._run(), name="presence-heartbeat")

@@ -60,9 +60,9 @@ async def disconnect_everyone(sio: socketio.AsyncServer) -> None:
 
 
 def origin_checker(allowed: list[str]) -> Any:
-    """Accept the configured browser origins and the server's own origin.
+    """Return a check that accepts the configured browser origins and the server's own origin.
 
-    The own origin is what a page served through the same nginx as Huddle sends; it is read from
+    The own origin is what a page served through the same nginx as Huddle sends. It is read from
     `Host`, or from `X-Forwarded-Proto` and `X-Forwarded-Host` behind a proxy. A browser cannot
     set those headers, so trusting them here widens nothing."""
     configured = set(allowed)

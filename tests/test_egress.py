@@ -1,4 +1,4 @@
-"""The report agent refuses internal addresses unless told otherwise."""
+"""The report agent rejects internal addresses unless HUDDLE_FETCH_ALLOW_PRIVATE allows them."""
 
 from __future__ import annotations
 

@@ -32,14 +32,14 @@ def call(server: HuddleServer, method: str, path: str, body: dict[str, Any] | No
         return json.loads(response.read())
 
 
-def wait_for_status(server: HuddleServer, run_id: str, wanted: set[str]) -> dict[str, Any]:
+def wait_for_status(server: HuddleServer, run_id: str, expected: set[str]) -> dict[str, Any]:
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         run = call(server, "GET", f"/api/reports/{run_id}")
-        if run["status"] in wanted:
+        if run["status"] in expected:
             return run
         time.sleep(0.1)
-    raise AssertionError(f"run {run_id} never reached {wanted}; last: {run}")
+    raise AssertionError(f"run {run_id} never reached {expected}; last: {run}")
 
 
 @pytest.mark.parametrize("stop_signal", [signal.SIGKILL, signal.SIGTERM])

@@ -105,7 +105,7 @@ async def test_retry_inside_one_batch_stores_once(store: Store) -> None:
     assert await store.last_seq("lobby") == 1
 
 
-async def test_same_client_id_from_two_users_is_two_messages(store: Store) -> None:
+async def test_client_id_is_per_user(store: Store) -> None:
     await store.ensure_room("lobby")
     ann = await store.append_message(write("lobby", "ann", "a", "c1"))
     bob = await store.append_message(write("lobby", "bob", "b", "c1"))
